@@ -1,0 +1,23 @@
+# The two commands of the README, plus what they need. Every target is safe to rerun.
+
+.PHONY: run test lint libtorch test-deps bench
+
+# Run the node: embedded SQLite in ./storage, no configuration file needed.
+run: libtorch
+	cargo run --release -- serve
+
+# Run the tests, after installing and starting what they need (dcmtk, PostgreSQL, libtorch).
+test: test-deps
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo test
+
+libtorch:
+	scripts/setup-libtorch.sh
+
+test-deps:
+	scripts/test-deps.sh
+
+# Queue throughput on PostgreSQL and SQLite (see README, "Benchmarks").
+bench: test-deps
+	cargo run --release -- bench queue

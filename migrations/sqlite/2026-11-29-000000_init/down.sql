@@ -1,0 +1,6 @@
+DROP TABLE audit_events;
+DROP TABLE users;
+DROP TABLE dispatches;
+DROP TABLE jobs;
+DROP TABLE series;
+DROP TABLE instances;

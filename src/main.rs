@@ -1,0 +1,253 @@
+//! The `kneenode` command: parses the command line, loads the configuration once and wires the
+//! services together. Each verb's work lives in the library; this file only dispatches.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use kneenode::config::{Config, Overrides};
+use kneenode::db::Db;
+use kneenode::jobs::Queue;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "kneenode",
+    version,
+    about = "A DICOM node for knee-MRI analysis"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without it, built-in defaults apply.
+    #[arg(long, global = true, env = "KNEENODE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: OverrideArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags that override the configuration (the highest layer).
+#[derive(Args)]
+struct OverrideArgs {
+    /// Override node.ae_title.
+    #[arg(long, global = true, value_name = "AE")]
+    ae_title: Option<String>,
+    /// Override node.port (the DICOM port).
+    #[arg(long, global = true)]
+    port: Option<u16>,
+    /// Override storage.dir.
+    #[arg(long, global = true, value_name = "DIR")]
+    storage_dir: Option<PathBuf>,
+    /// Override database.url (postgres://… or sqlite://…).
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    /// Override portal.port.
+    #[arg(long, global = true)]
+    portal_port: Option<u16>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node: database, job-lease sweeper (and, as they land, SCP, portal and workers).
+    Serve {
+        /// Do not start worker supervisors in this process (run `kneenode worker` separately).
+        #[arg(long)]
+        no_workers: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Check the installation: libtorch, CUDA, database, storage, ports, models.
+    Doctor,
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Benchmarks that print figures against a reference run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// (not available yet) Run only the DICOM SCP.
+    Scp(Pending),
+    /// (not available yet) Run one worker supervisor on one device.
+    Worker(Pending),
+    /// (not available yet) Run only the web portal.
+    Portal(Pending),
+    /// (not available yet) Process one input file or series from the command line.
+    Run(Pending),
+    /// (not available yet) Internal: run one job in a child process.
+    RunJob(Pending),
+    /// (not available yet) Manage portal users.
+    User(Pending),
+    /// (not available yet) C-ECHO a DICOM peer.
+    Echo(Pending),
+    /// (not available yet) C-STORE files to a DICOM peer.
+    Send(Pending),
+    /// (not available yet) Write a synthetic knee MR phantom.
+    Phantom(Pending),
+}
+
+/// Arguments of a verb that a later change fills; accepted so that `--help` works.
+#[derive(Args)]
+struct Pending {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print it, with secrets redacted.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Queue throughput: claims/s and completions/s with 1, 4 and 8 workers.
+    Queue(kneenode::bench::QueueBenchArgs),
+}
+
+fn main() -> ExitCode {
+    kneenode::telemetry::init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kneenode: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let pending = |verb: &str| {
+        eprintln!("kneenode {verb}: not available yet in this version");
+        Ok(ExitCode::from(2))
+    };
+    let config = || -> anyhow::Result<Config> {
+        let o = &cli.overrides;
+        let overrides = Overrides {
+            ae_title: o.ae_title.clone(),
+            port: o.port,
+            storage_dir: o.storage_dir.clone(),
+            database_url: o.database_url.clone(),
+            portal_port: o.portal_port,
+            devices: None,
+        };
+        Ok(Config::load(cli.config.as_deref(), &overrides)?)
+    };
+    match &cli.command {
+        Command::Serve { no_workers } => {
+            let cfg = config()?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(serve(cfg, *no_workers))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let cfg = config()?;
+            let db = open_db(&cfg, 2)?;
+            let ran = db.migrate()?;
+            println!(
+                "{ran} migration(s) applied to {} ({})",
+                db.url_redacted(),
+                db.kind().name()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor => {
+            let cfg = config()?;
+            let report = kneenode::doctor::run(&cfg);
+            print!("{report}");
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Config(ConfigCommand::Check) => {
+            let cfg = config()?;
+            print!("{}", cfg.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Queue(args)) => {
+            kneenode::bench::queue(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Scp(_) => pending("scp"),
+        Command::Worker(_) => pending("worker"),
+        Command::Portal(_) => pending("portal"),
+        Command::Run(_) => pending("run"),
+        Command::RunJob(_) => pending("run-job"),
+        Command::User(_) => pending("user"),
+        Command::Echo(_) => pending("echo"),
+        Command::Send(_) => pending("send"),
+        Command::Phantom(_) => pending("phantom"),
+    }
+}
+
+fn open_db(cfg: &Config, pool_size: u32) -> anyhow::Result<Db> {
+    let url = cfg.database_url();
+    Db::open(&url, pool_size).with_context(|| "opening the database".to_string())
+}
+
+/// `kneenode serve`: everything in one process until SIGTERM or Ctrl-C.
+async fn serve(cfg: Config, no_workers: bool) -> anyhow::Result<()> {
+    match &cfg.source {
+        Some(path) => info!(file = %path.display(), "configuration loaded"),
+        None => info!("no configuration file: built-in defaults"),
+    }
+    std::fs::create_dir_all(&cfg.storage.dir)
+        .with_context(|| format!("creating storage folder {}", cfg.storage.dir.display()))?;
+    let pool = u32::try_from(cfg.worker.devices.len()).unwrap_or(1) * 2 + 8;
+    let db = open_db(&cfg, pool)?;
+    let migrated = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || db.migrate()
+    })
+    .await??;
+    info!(
+        backend = db.kind().name(),
+        url = db.url_redacted(),
+        migrated,
+        "database ready"
+    );
+    if no_workers {
+        info!("workers disabled (--no-workers)");
+    }
+    let queue = Queue::new(db);
+
+    // Leases of crashed workers expire; someone must notice even when no worker is claiming.
+    let sweep_every = Duration::from_secs(cfg.worker.heartbeat_s.max(1));
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(sweep_every);
+        loop {
+            tick.tick().await;
+            let q = queue.clone();
+            match tokio::task::spawn_blocking(move || q.requeue_expired()).await {
+                Ok(Ok(r)) if r != Default::default() => info!(
+                    requeued = r.requeued,
+                    failed = r.failed,
+                    cancelled = r.cancelled,
+                    "expired job leases swept"
+                ),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %e, "lease sweep failed"),
+                Err(e) => warn!(error = %e, "lease sweep task failed"),
+            }
+        }
+    });
+
+    info!(ae_title = %cfg.node.ae_title, "kneenode running; SIGTERM or Ctrl-C stops it");
+    shutdown_signal().await?;
+    info!("shutting down");
+    sweeper.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! kneenode's integration tests: one binary, one module per area. Each test makes its own
+//! database (a fresh PostgreSQL schema or a temporary SQLite file); queue tests run on both.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failing test should stop loudly"
+)]
+
+mod cli;
+mod common;
+mod config;
+mod queue;
+mod torch;
