@@ -100,6 +100,12 @@ pub fn queue(args: &QueueBenchArgs) -> anyhow::Result<Vec<QueueBenchRow>> {
                 row.claims_per_s / row.reference_per_s.max(1e-9),
                 row.double_claims
             );
+            if row.double_claims > 0 || row.missed > 0 {
+                println!(
+                    "  !! {} double claim(s), {} job(s) never claimed: the queue is broken",
+                    row.double_claims, row.missed
+                );
+            }
             rows.push(row);
         }
     }

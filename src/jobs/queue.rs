@@ -193,11 +193,14 @@ const CLAIM_PG: &str = "UPDATE jobs SET status = 'processing', worker_id = $1, \
      RETURNING *";
 
 // SQLite has one writer at a time, so selecting and updating in one statement is already atomic.
+// Without statistics its planner prefers the (status, completed_at) index and sorts every queued
+// row on each claim; INDEXED BY keeps the claim a walk down the claim-order index.
 const CLAIM_SQLITE: &str = "UPDATE jobs SET status = 'processing', worker_id = ?1, \
      attempts = attempts + 1, lease_expires_at = ?2, heartbeat_at = ?3, started_at = ?3, \
      cancel_requested = FALSE, current_step = 0, total_steps = 0, step_name = NULL, \
      progress_percent = 0 \
-     WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_after <= ?3 \
+     WHERE id = (SELECT id FROM jobs INDEXED BY jobs_claimable \
+                 WHERE status = 'queued' AND run_after <= ?3 \
                  ORDER BY priority DESC, created_at, id LIMIT 1) \
      RETURNING *";
 

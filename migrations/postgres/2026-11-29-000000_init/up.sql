@@ -80,7 +80,7 @@ CREATE TABLE jobs (
     CHECK (source IN ('dicom', 'upload', 'cli'))
 );
 -- the claim query's scan: queued jobs by priority, then age
-CREATE INDEX jobs_claimable ON jobs (priority DESC, created_at) WHERE status = 'queued';
+CREATE INDEX jobs_claimable ON jobs (priority DESC, created_at, id) WHERE status = 'queued';
 CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE status = 'processing';
 CREATE INDEX jobs_status_completed ON jobs (status, completed_at);
 CREATE INDEX jobs_series ON jobs (series_instance_uid);
