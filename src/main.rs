@@ -3,12 +3,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use kneenode::config::{Config, Overrides};
 use kneenode::db::Db;
+use kneenode::dicom::scp::{Scp, ScpStats};
+use kneenode::dicom::store::Store;
 use kneenode::jobs::Queue;
 use tracing::{info, warn};
 
@@ -50,7 +53,7 @@ struct OverrideArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the node: database, job-lease sweeper (and, as they land, SCP, portal and workers).
+    /// Run the node: DICOM SCP, job-lease sweeper (and, as they land, portal and workers).
     Serve {
         /// Do not start worker supervisors in this process (run `kneenode worker` separately).
         #[arg(long)]
@@ -66,8 +69,8 @@ enum Command {
     /// Benchmarks that print figures against a reference run.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// (not available yet) Run only the DICOM SCP.
-    Scp(Pending),
+    /// Run only the DICOM SCP (receives and stores instances; no workers).
+    Scp,
     /// (not available yet) Run one worker supervisor on one device.
     Worker(Pending),
     /// (not available yet) Run only the web portal.
@@ -138,7 +141,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { no_workers } => {
             let cfg = config()?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(serve(cfg, *no_workers))?;
+            rt.block_on(serve(
+                cfg,
+                Services {
+                    sweeper: true,
+                    no_workers: *no_workers,
+                },
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
@@ -171,7 +180,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kneenode::bench::queue(args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Scp(_) => pending("scp"),
+        Command::Scp => {
+            let cfg = config()?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(serve(
+                cfg,
+                Services {
+                    sweeper: false,
+                    no_workers: true,
+                },
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Worker(_) => pending("worker"),
         Command::Portal(_) => pending("portal"),
         Command::Run(_) => pending("run"),
@@ -188,15 +208,24 @@ fn open_db(cfg: &Config, pool_size: u32) -> anyhow::Result<Db> {
     Db::open(&url, pool_size).with_context(|| "opening the database".to_string())
 }
 
-/// `kneenode serve`: everything in one process until SIGTERM or Ctrl-C.
-async fn serve(cfg: Config, no_workers: bool) -> anyhow::Result<()> {
+/// Which services a node process runs.
+struct Services {
+    /// Sweep expired job leases.
+    sweeper: bool,
+    /// Leave job processing to separate `kneenode worker` processes.
+    no_workers: bool,
+}
+
+/// `kneenode serve` (and `scp`): the services in one process until SIGTERM or Ctrl-C.
+async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
     match &cfg.source {
         Some(path) => info!(file = %path.display(), "configuration loaded"),
         None => info!("no configuration file: built-in defaults"),
     }
     std::fs::create_dir_all(&cfg.storage.dir)
         .with_context(|| format!("creating storage folder {}", cfg.storage.dir.display()))?;
-    let pool = u32::try_from(cfg.worker.devices.len()).unwrap_or(1) * 2 + 8;
+    let pool =
+        cfg.node.max_associations + u32::try_from(cfg.worker.devices.len()).unwrap_or(1) * 2 + 4;
     let db = open_db(&cfg, pool)?;
     let migrated = tokio::task::spawn_blocking({
         let db = db.clone();
@@ -209,37 +238,67 @@ async fn serve(cfg: Config, no_workers: bool) -> anyhow::Result<()> {
         migrated,
         "database ready"
     );
-    if no_workers {
-        info!("workers disabled (--no-workers)");
+    if services.no_workers {
+        info!("no workers in this process");
     }
-    let queue = Queue::new(db);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
-    // Leases of crashed workers expire; someone must notice even when no worker is claiming.
-    let sweep_every = Duration::from_secs(cfg.worker.heartbeat_s.max(1));
-    let sweeper = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(sweep_every);
-        loop {
-            tick.tick().await;
-            let q = queue.clone();
-            match tokio::task::spawn_blocking(move || q.requeue_expired()).await {
-                Ok(Ok(r)) if r != Default::default() => info!(
-                    requeued = r.requeued,
-                    failed = r.failed,
-                    cancelled = r.cancelled,
-                    "expired job leases swept"
-                ),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => warn!(error = %e, "lease sweep failed"),
-                Err(e) => warn!(error = %e, "lease sweep task failed"),
-            }
-        }
+    let store = Store::open(
+        &cfg.storage.dir,
+        db.clone(),
+        cfg.storage.max_disk_used_percent,
+    )
+    .with_context(|| {
+        format!(
+            "opening the instance store in {}",
+            cfg.storage.dir.display()
+        )
+    })?;
+    let scp = Scp::bind(&cfg.node, store, Arc::new(ScpStats::default()))
+        .await
+        .with_context(|| format!("binding the DICOM port {}:{}", cfg.node.bind, cfg.node.port))?;
+    info!(addr = %scp.local_addr()?, ae_title = %cfg.node.ae_title, "DICOM SCP listening");
+    let scp_task = tokio::spawn(scp.run(stop_rx.clone()));
+
+    let sweeper = services.sweeper.then(|| {
+        // Leases of crashed workers expire; someone must notice even when no worker is claiming.
+        let queue = Queue::new(db.clone());
+        let every = Duration::from_secs(cfg.worker.heartbeat_s.max(1));
+        tokio::spawn(sweep_leases(queue, every))
     });
 
-    info!(ae_title = %cfg.node.ae_title, "kneenode running; SIGTERM or Ctrl-C stops it");
+    info!("kneenode running; SIGTERM or Ctrl-C stops it");
     shutdown_signal().await?;
     info!("shutting down");
-    sweeper.abort();
+    // The receiver lives in the SCP task; if it already ended there is nothing to tell.
+    stop_tx.send(true).ok();
+    if let Err(e) = scp_task.await {
+        warn!(error = %e, "SCP task ended abnormally");
+    }
+    if let Some(s) = sweeper {
+        s.abort();
+    }
+    info!("stopped");
     Ok(())
+}
+
+async fn sweep_leases(queue: Queue, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let q = queue.clone();
+        match tokio::task::spawn_blocking(move || q.requeue_expired()).await {
+            Ok(Ok(r)) if r != Default::default() => info!(
+                requeued = r.requeued,
+                failed = r.failed,
+                cancelled = r.cancelled,
+                "expired job leases swept"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "lease sweep failed"),
+            Err(e) => warn!(error = %e, "lease sweep task failed"),
+        }
+    }
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -11,4 +11,5 @@ mod cli;
 mod common;
 mod config;
 mod queue;
+mod scp;
 mod torch;

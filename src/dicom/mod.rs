@@ -1,0 +1,10 @@
+//! DICOM: networking (the SCP that receives series), the durable instance store, and the small
+//! pieces of the standard kneenode reads and writes itself (DIMSE command sets, Part-10 headers).
+
+pub mod dimse;
+pub mod part10;
+pub mod scp;
+pub mod store;
+pub mod uid;
+pub mod uids;
+pub mod write;

@@ -1,0 +1,467 @@
+//! The DICOM SCP against real peers: dcmtk's echoscu and storescu, and hand-made bad input.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diesel::prelude::*;
+use kneenode::config::{Config, NodeConfig};
+use kneenode::db::schema::instances;
+use kneenode::db::{Db, ScratchDb};
+use kneenode::dicom::scp::{Scp, ScpStats};
+use kneenode::dicom::store::Store;
+use kneenode::dicom::write::{write_mr_series, SeriesInfo};
+use kneenode::dicom::{dimse, part10, uids};
+use kneenode::volume::{Geometry, Volume};
+
+use crate::common::{fresh, Backend};
+
+/// An SCP running in this process on a free port, over a scratch SQLite database.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub db: Db,
+    stop: tokio::sync::watch::Sender<bool>,
+    _rt: tokio::runtime::Runtime,
+    _storage: tempfile::TempDir,
+    _scratch: ScratchDb,
+}
+
+impl Node {
+    pub fn start(configure: impl FnOnce(&mut NodeConfig)) -> Node {
+        let (scratch, db) = fresh(Backend::Sqlite, 20);
+        let storage = tempfile::tempdir().unwrap();
+        let mut node = Config::default().node;
+        node.bind = "127.0.0.1".into();
+        node.port = 0;
+        node.read_timeout_s = 5;
+        configure(&mut node);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = Store::open(storage.path(), db.clone(), 100.0).unwrap();
+        let scp = rt
+            .block_on(Scp::bind(&node, store, Arc::new(ScpStats::default())))
+            .unwrap();
+        let addr = scp.local_addr().unwrap();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        rt.spawn(scp.run(rx));
+        Node {
+            addr,
+            db,
+            stop,
+            _rt: rt,
+            _storage: storage,
+            _scratch: scratch,
+        }
+    }
+
+    pub fn instance_rows(&self) -> Vec<(String, String, String)> {
+        instances::table
+            .select((
+                instances::sop_instance_uid,
+                instances::transfer_syntax_uid,
+                instances::path,
+            ))
+            .load(&mut *self.db.conn().unwrap())
+            .unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop.send(true).ok();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A synthetic MR series of `n` slices (a smooth pattern with every 16-bit range used).
+pub fn mr_series(dir: &Path, n: usize, size: usize) -> Vec<PathBuf> {
+    let dims = [size, size, n];
+    let data = (0..size * size * n)
+        .map(|i| {
+            let (x, y, z) = (i % size, (i / size) % size, i / (size * size));
+            ((x * 37 + y * 11 + z * 101) % 4096) as u16
+        })
+        .collect();
+    let geometry = Geometry {
+        origin: [-60.0, -80.5, 40.25],
+        spacing: [0.5, 0.5, 0.7],
+        direction: [[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]],
+    };
+    let vol = Volume::from_vec(dims, data, geometry).unwrap();
+    write_mr_series(&vol, &SeriesInfo::default(), dir).unwrap()
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.env("TCP_NODELAY", "1").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn storescu(
+    addr: SocketAddr,
+    calling: &str,
+    opts: &[&str],
+    files: &[PathBuf],
+) -> std::process::Output {
+    Command::new("storescu")
+        .env("TCP_NODELAY", "1")
+        .args(["-aet", calling, "-aec", "KNEENODE"])
+        .args(opts)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .args(files)
+        .output()
+        .unwrap()
+}
+
+fn echoscu(addr: SocketAddr, calling: &str) -> bool {
+    Command::new("echoscu")
+        .args(["-aet", calling, "-aec", "KNEENODE"])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn dataset_bytes(path: &Path) -> Vec<u8> {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    part10::read_header(&mut f).unwrap();
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).unwrap();
+    rest
+}
+
+#[test]
+fn echoscu_succeeds() {
+    let node = Node::start(|_| {});
+    assert!(echoscu(node.addr, "ANYSCU"));
+}
+
+/// dcmtk tool and arguments that turn explicit-LE files into each accepted transfer syntax.
+/// The last element is storescu's proposal option, so that the file goes over the wire as is.
+const TRANSCODES: [(&str, &[&str], &str, &str); 7] = [
+    (
+        "implicit LE",
+        &["dcmconv", "+ti"],
+        "1.2.840.10008.1.2",
+        "-xi",
+    ),
+    (
+        "explicit LE",
+        &["dcmconv", "+te"],
+        "1.2.840.10008.1.2.1",
+        "-xe",
+    ),
+    (
+        "explicit BE",
+        &["dcmconv", "+tb"],
+        "1.2.840.10008.1.2.2",
+        "-xb",
+    ),
+    (
+        "deflated",
+        &["dcmconv", "+td"],
+        "1.2.840.10008.1.2.1.99",
+        "-xd",
+    ),
+    (
+        "JPEG lossless SV1",
+        &["dcmcjpeg", "+e1"],
+        "1.2.840.10008.1.2.4.70",
+        "-xs",
+    ),
+    (
+        "JPEG-LS lossless",
+        &["dcmcjpls"],
+        "1.2.840.10008.1.2.4.80",
+        "-xt",
+    ),
+    ("RLE", &["dcmcrle"], "1.2.840.10008.1.2.5", "-xr"),
+];
+
+#[test]
+fn storescu_series_in_every_transfer_syntax_is_stored_byte_for_byte() {
+    let node = Node::start(|_| {});
+    let work = tempfile::tempdir().unwrap();
+    let source = mr_series(&work.path().join("src"), 80, 64);
+    let mut expected = 0;
+    for (name, tool, ts, propose) in TRANSCODES {
+        let dir = work.path().join(ts);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Each syntax gets its own series (new UIDs), so every file is a new instance.
+        let series = mr_series(&work.path().join(format!("{ts}-orig")), 80, 64);
+        let files: Vec<PathBuf> = series
+            .iter()
+            .map(|f| {
+                let out = dir.join(f.file_name().unwrap());
+                run(Command::new(tool[0]).args(&tool[1..]).arg(f).arg(&out));
+                out
+            })
+            .collect();
+        let out = storescu(node.addr, "STORESCU", &[propose], &files);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        expected += files.len();
+        let rows = node.instance_rows();
+        assert_eq!(rows.len(), expected, "{name}: every instance recorded");
+        for f in &files {
+            let sop = part10::read_header(&mut std::fs::File::open(f).unwrap())
+                .unwrap()
+                .sop_instance;
+            let (_, stored_ts, path) = rows
+                .iter()
+                .find(|r| r.0 == sop)
+                .unwrap_or_else(|| panic!("{name}: {sop} missing"));
+            assert_eq!(stored_ts, ts, "{name}: stored as sent, no transcoding");
+            let (stored, sent) = (dataset_bytes(Path::new(path)), dataset_bytes(f));
+            // A deflated stream of odd length travels with one pad byte (PDVs are even-length);
+            // that byte is part of what was sent, so it is stored too.
+            let same = stored == sent
+                || (ts.ends_with(".99") && stored[..] == [&sent[..], &[0]].concat()[..]);
+            assert!(
+                same,
+                "{name}: stored {} bytes, sent {} bytes, contents differ",
+                stored.len(),
+                sent.len()
+            );
+        }
+    }
+    assert_eq!(source.len(), 80);
+}
+
+/// `kneenode scp` as a separate process, with its log captured.
+struct NodeProcess {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl NodeProcess {
+    fn start(dir: &Path, config: &str) -> NodeProcess {
+        let file = dir.join("kneenode.toml");
+        std::fs::write(&file, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kneenode"))
+            .current_dir(dir)
+            .env_remove("JOURNAL_STREAM")
+            .env("KNEENODE_LOG", "info")
+            .args(["--config", file.to_str().unwrap(), "scp"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("DICOM SCP listening") {
+                    let addr = line
+                        .split("addr=")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next());
+                    tx.send(addr.unwrap_or_default().to_owned()).ok();
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the SCP started");
+        NodeProcess {
+            child,
+            addr: addr.parse().unwrap(),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn config(storage: &Path, extra: &str) -> String {
+    format!(
+        "[node]\nbind = \"127.0.0.1\"\nport = 0\nread_timeout_s = 5\n{extra}\n[storage]\ndir = \"{}\"\n",
+        storage.display()
+    )
+}
+
+#[test]
+fn unknown_calling_ae_is_rejected_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = "[[node.allowed]]\nae_title = \"PACS\"\n[[node.allowed]]\nae_title = \"FARAWAY\"\nhost = \"192.0.2.7\"\n";
+    let node = NodeProcess::start(dir.path(), &config(&dir.path().join("s"), allowed));
+    assert!(echoscu(node.addr, "PACS"), "an allowed AE is accepted");
+    assert!(!echoscu(node.addr, "STRANGER"), "an unknown AE is rejected");
+    assert!(
+        !echoscu(node.addr, "FARAWAY"),
+        "an allowed AE from the wrong host is rejected"
+    );
+    let out = Command::new("echoscu")
+        .args(["-aet", "PACS", "-aec", "NOTUS"])
+        .arg(node.addr.ip().to_string())
+        .arg(node.addr.port().to_string())
+        .status()
+        .unwrap();
+    assert!(!out.success(), "a wrong called AE is rejected");
+    std::thread::sleep(Duration::from_millis(200));
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("calling AE title not recognised") && l.contains("STRANGER"))
+        .unwrap_or_else(|| panic!("rejection logged:\n{log}"));
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+    assert!(log.contains("called AE title is not ours"), "{log}");
+    assert!(echoscu(node.addr, "PACS"), "still serving");
+}
+
+/// Sends raw bytes, then waits until the node closes the connection (or 10 s pass).
+fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).ok();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).ok();
+    reply
+}
+
+fn associate(addr: SocketAddr) -> dicom_ul::ClientAssociation<TcpStream> {
+    dicom_ul::ClientAssociationOptions::new()
+        .calling_ae_title("RAWSCU")
+        .called_ae_title("KNEENODE")
+        .with_presentation_context(uids::MR_IMAGE, vec![uids::EXPLICIT_VR_LE])
+        .read_timeout(Duration::from_secs(10))
+        .establish(addr)
+        .unwrap()
+}
+
+/// Sends one C-STORE with the given dataset bytes and returns the response status.
+fn c_store(
+    assoc: &mut dicom_ul::ClientAssociation<TcpStream>,
+    class: &str,
+    sop: &str,
+    data: Vec<u8>,
+) -> u16 {
+    use dicom_ul::pdu::{PDataValue, PDataValueType};
+    let pc = assoc.presentation_contexts()[0].id;
+    let pdv = |value_type, data| PDataValue {
+        presentation_context_id: pc,
+        value_type,
+        is_last: true,
+        data,
+    };
+    assoc
+        .send(&dicom_ul::Pdu::PData {
+            data: vec![pdv(PDataValueType::Command, dimse::store_rq(1, class, sop))],
+        })
+        .unwrap();
+    assoc
+        .send(&dicom_ul::Pdu::PData {
+            data: vec![pdv(PDataValueType::Data, data)],
+        })
+        .unwrap();
+    match assoc.receive().unwrap() {
+        dicom_ul::Pdu::PData { data } => dimse::Command::parse(&data[0].data)
+            .unwrap()
+            .status()
+            .unwrap(),
+        other => panic!("expected a C-STORE-RSP, got {other:?}"),
+    }
+}
+
+#[test]
+fn malformed_input_gets_an_abort_or_a_failure_and_the_node_keeps_serving() {
+    let node = Node::start(|_| {});
+    // Random bytes instead of an A-ASSOCIATE-RQ.
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    send_raw(node.addr, &noise);
+    assert!(echoscu(node.addr, "AFTER"), "after random bytes");
+    // An A-ASSOCIATE-RQ announcing a 4 GiB body.
+    send_raw(
+        node.addr,
+        &[0x01, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x01, 0, 0],
+    );
+    assert!(echoscu(node.addr, "AFTER"), "after an absurd length");
+    // A truncated PDU: 200 bytes announced, 20 sent, then the peer goes away.
+    let mut truncated = vec![0x01, 0x00, 0x00, 0x00, 0x00, 0xC8, 0x00, 0x01, 0x00, 0x00];
+    truncated.extend_from_slice(b"KNEENODE        ");
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.write_all(&truncated[..20]).unwrap();
+    drop(s);
+    assert!(echoscu(node.addr, "AFTER"), "after a truncated PDU");
+    // P-DATA before any association.
+    let reply = send_raw(
+        node.addr,
+        &[
+            0x04, 0x00, 0x00, 0x00, 0x00, 0x0A, 0x00, 0x00, 0x00, 0x06, 0x01, 0x03, 0x00, 0x00,
+            0x00, 0x00,
+        ],
+    );
+    assert!(
+        reply.is_empty() || reply[0] == 0x07,
+        "closed or A-ABORT, got {reply:?}"
+    );
+    assert!(
+        echoscu(node.addr, "AFTER"),
+        "after P-DATA before association"
+    );
+
+    // A C-STORE whose dataset is cut in half: a failure status, and nothing stored.
+    let work = tempfile::tempdir().unwrap();
+    let file = &mr_series(work.path(), 1, 64)[0];
+    let meta = part10::read_header(&mut std::fs::File::open(file).unwrap()).unwrap();
+    let full = dataset_bytes(file);
+    let mut assoc = associate(node.addr);
+    let status = c_store(
+        &mut assoc,
+        uids::MR_IMAGE,
+        &meta.sop_instance,
+        full[..full.len() / 2].to_vec(),
+    );
+    assert!(
+        (0xC000..=0xCFFF).contains(&status),
+        "truncated dataset: status {status:04X}"
+    );
+    // A dataset whose SOP class is not what the command says.
+    let status = c_store(&mut assoc, uids::MR_IMAGE, "1.2.3.4", full.clone());
+    assert_eq!(status, dimse::status::DATASET_DOES_NOT_MATCH_SOP_CLASS);
+    // The same association still stores a good instance.
+    assert_eq!(
+        c_store(&mut assoc, uids::MR_IMAGE, &meta.sop_instance, full),
+        dimse::status::SUCCESS
+    );
+    assoc.release().unwrap();
+    assert_eq!(
+        node.instance_rows().len(),
+        1,
+        "only the good instance is recorded"
+    );
+    assert!(echoscu(node.addr, "AFTER"), "after a truncated dataset");
+}
