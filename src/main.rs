@@ -10,7 +10,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use kneenode::config::{Config, Overrides};
 use kneenode::db::Db;
+use kneenode::dicom::routing::Router;
 use kneenode::dicom::scp::{Scp, ScpStats};
+use kneenode::dicom::series::SeriesWatcher;
 use kneenode::dicom::store::Store;
 use kneenode::jobs::Queue;
 use tracing::{info, warn};
@@ -254,11 +256,22 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
             cfg.storage.dir.display()
         )
     })?;
+    let (ended_tx, ended_rx) = tokio::sync::mpsc::unbounded_channel();
     let scp = Scp::bind(&cfg.node, store, Arc::new(ScpStats::default()))
         .await
-        .with_context(|| format!("binding the DICOM port {}:{}", cfg.node.bind, cfg.node.port))?;
+        .with_context(|| format!("binding the DICOM port {}:{}", cfg.node.bind, cfg.node.port))?
+        .notify_ended(ended_tx);
     info!(addr = %scp.local_addr()?, ae_title = %cfg.node.ae_title, "DICOM SCP listening");
     let scp_task = tokio::spawn(scp.run(stop_rx.clone()));
+
+    let watcher = SeriesWatcher::new(
+        Queue::new(db.clone()),
+        Router::new(&cfg.routing)?,
+        Duration::from_secs(cfg.series.quiet_seconds),
+        cfg.worker.max_attempts,
+        &cfg.storage.dir,
+    );
+    let watcher_task = tokio::spawn(watcher.run(ended_rx, stop_rx.clone()));
 
     let sweeper = services.sweeper.then(|| {
         // Leases of crashed workers expire; someone must notice even when no worker is claiming.
@@ -274,6 +287,9 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
     stop_tx.send(true).ok();
     if let Err(e) = scp_task.await {
         warn!(error = %e, "SCP task ended abnormally");
+    }
+    if let Err(e) = watcher_task.await {
+        warn!(error = %e, "series watcher ended abnormally");
     }
     if let Some(s) = sweeper {
         s.abort();

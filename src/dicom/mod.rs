@@ -3,7 +3,9 @@
 
 pub mod dimse;
 pub mod part10;
+pub mod routing;
 pub mod scp;
+pub mod series;
 pub mod store;
 pub mod uid;
 pub mod uids;

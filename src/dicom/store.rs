@@ -23,6 +23,9 @@ use crate::db::schema::{instances, series};
 use crate::db::{Db, DbConnection, DbError};
 use crate::storage;
 
+/// `series.status` while instances are arriving.
+pub const SERIES_RECEIVING: &str = "receiving";
+
 /// Who sent an instance: the association's identity.
 #[derive(Debug, Clone)]
 pub struct Sender {
@@ -358,13 +361,29 @@ fn record(
             instances::received_at.eq(now),
         ))
         .execute(conn)?;
-    let updated =
-        diesel::update(series::table.filter(series::series_instance_uid.eq(&h.series_uid)))
+    let this_series = || series::table.filter(series::series_instance_uid.eq(&h.series_uid));
+    let mut updated = diesel::update(this_series().filter(series::status.eq(SERIES_RECEIVING)))
+        .set((
+            series::instance_count.eq(series::instance_count + 1),
+            series::last_received_at.eq(now),
+        ))
+        .execute(conn)?;
+    if updated == 0 {
+        // A late instance for a series that was already complete: re-open it as a new revision,
+        // so the series watcher makes a new job for it rather than dropping the instance.
+        updated = diesel::update(this_series())
             .set((
                 series::instance_count.eq(series::instance_count + 1),
                 series::last_received_at.eq(now),
+                series::status.eq(SERIES_RECEIVING),
+                series::revision.eq(series::revision + 1),
+                series::completed_at.eq(None::<chrono::NaiveDateTime>),
             ))
             .execute(conn)?;
+        if updated > 0 {
+            tracing::info!(series_uid = %h.series_uid, "late instance re-opened a completed series");
+        }
+    }
     if updated == 0 {
         diesel::insert_into(series::table)
             .values((

@@ -8,13 +8,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use diesel::prelude::*;
+use kneenode::config::RoutingRule;
 use kneenode::config::{Config, NodeConfig};
 use kneenode::db::schema::instances;
+use kneenode::db::schema::{jobs, series};
 use kneenode::db::{Db, ScratchDb};
+use kneenode::dicom::routing::Router;
 use kneenode::dicom::scp::{Scp, ScpStats};
+use kneenode::dicom::series::SeriesWatcher;
 use kneenode::dicom::store::Store;
 use kneenode::dicom::write::{write_mr_series, SeriesInfo};
 use kneenode::dicom::{dimse, part10, uids};
+use kneenode::jobs::Queue;
+use kneenode::pipeline::JobOptions;
 use kneenode::volume::{Geometry, Volume};
 
 use crate::common::{fresh, Backend};
@@ -31,24 +37,40 @@ pub struct Node {
 
 impl Node {
     pub fn start(configure: impl FnOnce(&mut NodeConfig)) -> Node {
+        Node::start_with(|cfg| configure(&mut cfg.node))
+    }
+
+    /// Starts the SCP and the series watcher with a configuration the caller adjusts.
+    pub fn start_with(configure: impl FnOnce(&mut Config)) -> Node {
         let (scratch, db) = fresh(Backend::Sqlite, 20);
         let storage = tempfile::tempdir().unwrap();
-        let mut node = Config::default().node;
-        node.bind = "127.0.0.1".into();
-        node.port = 0;
-        node.read_timeout_s = 5;
-        configure(&mut node);
+        let mut cfg = Config::default();
+        cfg.node.bind = "127.0.0.1".into();
+        cfg.node.port = 0;
+        cfg.node.read_timeout_s = 5;
+        configure(&mut cfg);
+        let node = &cfg.node;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let store = Store::open(storage.path(), db.clone(), 100.0).unwrap();
+        let (ended_tx, ended_rx) = tokio::sync::mpsc::unbounded_channel();
         let scp = rt
-            .block_on(Scp::bind(&node, store, Arc::new(ScpStats::default())))
-            .unwrap();
+            .block_on(Scp::bind(node, store, Arc::new(ScpStats::default())))
+            .unwrap()
+            .notify_ended(ended_tx);
         let addr = scp.local_addr().unwrap();
         let (stop, rx) = tokio::sync::watch::channel(false);
+        let watcher = SeriesWatcher::new(
+            Queue::new(db.clone()),
+            Router::new(&cfg.routing).unwrap(),
+            Duration::from_secs(cfg.series.quiet_seconds),
+            3,
+            storage.path(),
+        );
+        rt.spawn(watcher.run(ended_rx, rx.clone()));
         rt.spawn(scp.run(rx));
         Node {
             addr,
@@ -464,4 +486,241 @@ fn malformed_input_gets_an_abort_or_a_failure_and_the_node_keeps_serving() {
         "only the good instance is recorded"
     );
     assert!(echoscu(node.addr, "AFTER"), "after a truncated dataset");
+}
+
+/// The files storescu (run with -v) saw acknowledged with Success.
+fn acknowledged(storescu_log: &str) -> Vec<PathBuf> {
+    let mut current = None;
+    let mut acked = Vec::new();
+    for line in storescu_log.lines() {
+        if let Some(f) = line.split("Sending file: ").nth(1) {
+            current = Some(PathBuf::from(f.trim()));
+        } else if line.contains("Received Store Response (Success)") {
+            acked.extend(current.take());
+        }
+    }
+    acked
+}
+
+#[test]
+fn kill_9_during_four_streams_loses_no_acknowledged_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let cfg = config(&storage, "");
+    let mut node = NodeProcess::start(dir.path(), &cfg);
+    let streams: Vec<Vec<PathBuf>> = (0..4)
+        .map(|i| mr_series(&dir.path().join(format!("s{i}")), 80, 128))
+        .collect();
+    let mut peers: Vec<Child> = streams
+        .iter()
+        .map(|files| {
+            Command::new("storescu")
+                .env("TCP_NODELAY", "1")
+                .args(["-v", "-aet", "STREAM", "-aec", "KNEENODE"])
+                .arg(node.addr.ip().to_string())
+                .arg(node.addr.port().to_string())
+                .args(files)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Kill the node once it is well into the streams, while instances are in flight.
+    let db = Db::open(
+        &format!("sqlite://{}", storage.join("kneenode.sqlite").display()),
+        1,
+    )
+    .unwrap();
+    let count = || -> i64 {
+        instances::table
+            .count()
+            .get_result(&mut *db.conn().unwrap())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count() < 60 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.child.kill().unwrap(); // SIGKILL
+    node.child.wait().unwrap();
+    let mut acked = Vec::new();
+    for peer in &mut peers {
+        let mut log = String::new();
+        peer.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        peer.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        peer.wait().unwrap();
+        acked.extend(acknowledged(&log));
+    }
+    let total: usize = streams.iter().map(Vec::len).sum();
+    assert!(
+        acked.len() >= 60,
+        "storescu saw {} acknowledgements",
+        acked.len()
+    );
+    assert!(
+        acked.len() < total,
+        "the kill came before the streams ended ({} of {total})",
+        acked.len()
+    );
+
+    // After a restart, every acknowledged instance is on disk, intact, and in the table.
+    drop(node);
+    let node = NodeProcess::start(dir.path(), &cfg);
+    let rows: Vec<(String, String)> = instances::table
+        .select((instances::sop_instance_uid, instances::path))
+        .load(&mut *db.conn().unwrap())
+        .unwrap();
+    for file in &acked {
+        let sop = part10::read_header(&mut std::fs::File::open(file).unwrap())
+            .unwrap()
+            .sop_instance;
+        let (_, path) = rows
+            .iter()
+            .find(|r| r.0 == sop)
+            .unwrap_or_else(|| panic!("acknowledged {sop} not recorded"));
+        assert_eq!(
+            dataset_bytes(Path::new(path)),
+            dataset_bytes(file),
+            "{sop} intact"
+        );
+    }
+    let leftovers = std::fs::read_dir(storage.join("incoming/.tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        leftovers, 0,
+        "temp files of unacknowledged instances are cleared at start"
+    );
+    assert!(echoscu(node.addr, "AFTER"));
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn series_in_two_associations_makes_one_job_and_a_late_instance_makes_revision_2() {
+    let node = Node::start_with(|cfg| {
+        cfg.series.quiet_seconds = 2;
+        cfg.routing = vec![RoutingRule {
+            name: "knees".into(),
+            match_rule: kneenode::config::RuleMatch {
+                modality: Some("MR".into()),
+                ..Default::default()
+            },
+            options: JobOptions {
+                perform_nsm: false,
+                ..Default::default()
+            },
+            destinations: vec![],
+            fallback: false,
+        }];
+    });
+    let work = tempfile::tempdir().unwrap();
+    // 81 slices announced (Images in Acquisition); 80 sent in two associations, the last one late.
+    let files = mr_series(work.path(), 81, 32);
+    let jobs_now = || -> Vec<(i32, String, String)> {
+        jobs::table
+            .select((jobs::revision, jobs::options, jobs::input_path))
+            .order(jobs::revision)
+            .load(&mut *node.db.conn().unwrap())
+            .unwrap()
+    };
+    let series_row = || -> (i32, i32, String) {
+        series::table
+            .select((series::instance_count, series::revision, series::status))
+            .first(&mut *node.db.conn().unwrap())
+            .unwrap()
+    };
+    assert!(storescu(node.addr, "SCANNER", &[], &files[..40])
+        .status
+        .success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(storescu(node.addr, "SCANNER", &[], &files[40..80])
+        .status
+        .success());
+    assert!(
+        jobs_now().is_empty(),
+        "not complete before the quiet period: 80 of 81 announced"
+    );
+    let jobs1 = wait_for("the revision-1 job", Duration::from_secs(10), || {
+        let j = jobs_now();
+        (!j.is_empty()).then_some(j)
+    });
+    assert_eq!(jobs1.len(), 1);
+    assert_eq!(series_row(), (80, 1, "routed".to_owned()));
+    assert!(
+        jobs1[0].1.contains("\"perform_nsm\":false"),
+        "the rule's options: {}",
+        jobs1[0].1
+    );
+    assert!(
+        jobs1[0].2.ends_with(&files_series_uid(&files[0])),
+        "input is the series folder"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(jobs_now().len(), 1, "processed once");
+
+    // The late instance re-opens the series; with all 81 announced instances the release completes it.
+    assert!(storescu(node.addr, "SCANNER", &[], &files[80..])
+        .status
+        .success());
+    let jobs2 = wait_for("the revision-2 job", Duration::from_secs(10), || {
+        let j = jobs_now();
+        (j.len() == 2).then_some(j)
+    });
+    assert_eq!(jobs2.iter().map(|j| j.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(series_row(), (81, 2, "routed".to_owned()));
+}
+
+fn files_series_uid(file: &Path) -> String {
+    use dicom_dictionary_std::tags;
+    let obj = dicom_object::open_file(file).unwrap();
+    obj.element(tags::SERIES_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_owned()
+}
+
+#[test]
+fn series_that_no_rule_matches_is_kept_but_not_processed() {
+    let node = Node::start_with(|cfg| cfg.series.quiet_seconds = 1);
+    let work = tempfile::tempdir().unwrap();
+    let files = mr_series(work.path(), 4, 16);
+    assert!(storescu(node.addr, "SCANNER", &[], &files).status.success());
+    let status = wait_for("completion", Duration::from_secs(10), || {
+        let s: String = series::table
+            .select(series::status)
+            .first(&mut *node.db.conn().unwrap())
+            .ok()?;
+        (s != "receiving").then_some(s)
+    });
+    assert_eq!(status, "unrouted");
+    let n: i64 = jobs::table
+        .count()
+        .get_result(&mut *node.db.conn().unwrap())
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(node.instance_rows().len(), 4, "the instances are kept");
 }
