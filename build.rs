@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // diesel's embed_migrations! reads these at compile time; cargo must know to rebuild.
+    println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     // torch-sys (links = "tch") publishes its lib folder to its direct dependents only.
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {

@@ -10,8 +10,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use kneenode::config::{Config, Overrides};
 use kneenode::db::Db;
+use kneenode::dicom::dispatch::Dispatcher;
 use kneenode::dicom::routing::Router;
 use kneenode::dicom::scp::{Scp, ScpStats};
+use kneenode::dicom::scu::{self, Peer, Timeouts};
 use kneenode::dicom::series::SeriesWatcher;
 use kneenode::dicom::store::Store;
 use kneenode::jobs::Queue;
@@ -83,10 +85,20 @@ enum Command {
     RunJob(Pending),
     /// (not available yet) Manage portal users.
     User(Pending),
-    /// (not available yet) C-ECHO a DICOM peer.
-    Echo(Pending),
-    /// (not available yet) C-STORE files to a DICOM peer.
-    Send(Pending),
+    /// C-ECHO a DICOM peer: `kneenode echo PACS@10.0.0.5:104`.
+    Echo {
+        /// The peer as AE@host:port.
+        peer: String,
+    },
+    /// C-STORE DICOM files to a configured destination (or AE@host:port).
+    Send {
+        /// Files to send.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// A `[[destinations]]` name, or AE@host:port.
+        #[arg(long)]
+        to: String,
+    },
     /// (not available yet) Write a synthetic knee MR phantom.
     Phantom(Pending),
 }
@@ -199,8 +211,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(_) => pending("run"),
         Command::RunJob(_) => pending("run-job"),
         Command::User(_) => pending("user"),
-        Command::Echo(_) => pending("echo"),
-        Command::Send(_) => pending("send"),
+        Command::Echo { peer } => {
+            let cfg = config()?;
+            let peer = Peer::parse(peer).context("the peer must be written AE@host:port")?;
+            let started = std::time::Instant::now();
+            scu::echo(&cfg.node.ae_title, &peer, Timeouts::default())?;
+            println!(
+                "C-ECHO to {peer}: success in {} ms",
+                started.elapsed().as_millis()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send { files, to } => {
+            let cfg = config()?;
+            let peer = match cfg.destinations.iter().find(|d| &d.name == to) {
+                Some(d) => Peer {
+                    ae_title: d.ae_title.clone(),
+                    host: d.host.clone(),
+                    port: d.port,
+                },
+                None => Peer::parse(to).with_context(|| {
+                    format!("{to:?} is neither a configured destination nor AE@host:port")
+                })?,
+            };
+            let n = scu::send(&cfg.node.ae_title, &peer, files, Timeouts::default())?;
+            println!("{n} instance(s) sent to {peer}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Phantom(_) => pending("phantom"),
     }
 }
@@ -272,6 +309,8 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
         &cfg.storage.dir,
     );
     let watcher_task = tokio::spawn(watcher.run(ended_rx, stop_rx.clone()));
+    let dispatcher = Dispatcher::new(db.clone(), &cfg.node.ae_title);
+    let dispatcher_task = tokio::spawn(dispatcher.run(Duration::from_secs(2), stop_rx.clone()));
 
     let sweeper = services.sweeper.then(|| {
         // Leases of crashed workers expire; someone must notice even when no worker is claiming.
@@ -290,6 +329,9 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
     }
     if let Err(e) = watcher_task.await {
         warn!(error = %e, "series watcher ended abnormally");
+    }
+    if let Err(e) = dispatcher_task.await {
+        warn!(error = %e, "dispatcher ended abnormally");
     }
     if let Some(s) = sweeper {
         s.abort();

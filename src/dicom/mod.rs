@@ -2,9 +2,11 @@
 //! pieces of the standard kneenode reads and writes itself (DIMSE command sets, Part-10 headers).
 
 pub mod dimse;
+pub mod dispatch;
 pub mod part10;
 pub mod routing;
 pub mod scp;
+pub mod scu;
 pub mod series;
 pub mod store;
 pub mod uid;

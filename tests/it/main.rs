@@ -10,6 +10,7 @@
 mod cli;
 mod common;
 mod config;
+mod dispatch;
 mod queue;
 mod scp;
 mod torch;

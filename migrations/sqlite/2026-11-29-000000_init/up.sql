@@ -96,6 +96,8 @@ CREATE TABLE dispatches (
     status          TEXT NOT NULL DEFAULT 'pending',
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at TIMESTAMP NOT NULL,
+    -- JSON array of the files to send (the job's SEG and SR)
+    files           TEXT NOT NULL DEFAULT '[]',
     last_error      TEXT,
     created_at      TIMESTAMP NOT NULL,
     sent_at         TIMESTAMP,
