@@ -724,3 +724,32 @@ fn series_that_no_rule_matches_is_kept_but_not_processed() {
     assert_eq!(n, 0);
     assert_eq!(node.instance_rows().len(), 4, "the instances are kept");
 }
+
+#[test]
+fn associations_past_the_limit_are_refused_until_one_ends() {
+    let node = Node::start(|n| n.max_associations = 1);
+    let held = associate(node.addr);
+    assert!(
+        !echoscu(node.addr, "SECOND"),
+        "a second association is refused while one is open"
+    );
+    held.release().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        echoscu(node.addr, "SECOND"),
+        "accepted once the first ended"
+    );
+}
+
+#[test]
+fn an_idle_association_is_aborted_after_the_read_timeout() {
+    let node = Node::start(|n| n.read_timeout_s = 1);
+    let mut idle = associate(node.addr);
+    std::thread::sleep(Duration::from_millis(1800));
+    // The node has aborted it: the next receive sees the abort or a closed socket.
+    match idle.receive() {
+        Ok(dicom_ul::Pdu::AbortRQ { .. }) | Err(_) => {}
+        Ok(other) => panic!("expected an abort, got {other:?}"),
+    }
+    assert!(echoscu(node.addr, "AFTER"));
+}
