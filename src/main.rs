@@ -225,11 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send { files, to } => {
             let cfg = config()?;
             let peer = match cfg.destinations.iter().find(|d| &d.name == to) {
-                Some(d) => Peer {
-                    ae_title: d.ae_title.clone(),
-                    host: d.host.clone(),
-                    port: d.port,
-                },
+                Some(d) => Peer::from_destination(d)?,
                 None => Peer::parse(to).with_context(|| {
                     format!("{to:?} is neither a configured destination nor AE@host:port")
                 })?,
@@ -309,7 +305,9 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
         &cfg.storage.dir,
     );
     let watcher_task = tokio::spawn(watcher.run(ended_rx, stop_rx.clone()));
-    let dispatcher = Dispatcher::new(db.clone(), &cfg.node.ae_title);
+    let dispatcher = Dispatcher::new(db.clone(), &cfg.node.ae_title)
+        .with_destinations(&cfg.destinations)
+        .context("loading the destinations' TLS settings")?;
     let dispatcher_task = tokio::spawn(dispatcher.run(Duration::from_secs(2), stop_rx.clone()));
 
     let sweeper = services.sweeper.then(|| {

@@ -77,6 +77,39 @@ pub struct NodeConfig {
     pub read_timeout_s: u64,
     /// Calling AEs allowed to connect; empty accepts any.
     pub allowed: Vec<AllowedAe>,
+    /// A second, TLS-only listener (DICOM secure transport); absent = none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsServer>,
+}
+
+/// The TLS listener of the SCP (PS3.15 secure transport connection profile).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsServer {
+    /// Port of the TLS listener (commonly 2762); 0 picks a free one.
+    pub port: u16,
+    /// PEM certificate chain presented to peers.
+    pub cert_file: PathBuf,
+    /// PEM private key of that certificate.
+    pub key_file: PathBuf,
+    /// When set, peers must present a client certificate signed by this PEM CA bundle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// TLS towards a destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsClient {
+    /// PEM CA bundle that the peer's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Name to verify the peer's certificate against; defaults to the destination's host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM client certificate, for peers that require one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM key of the client certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// A calling AE that may connect.
@@ -100,6 +133,9 @@ pub struct Destination {
     pub host: String,
     /// The peer's port.
     pub port: u16,
+    /// Send over TLS; absent = plain TCP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsClient>,
 }
 
 /// When a series counts as complete.
@@ -310,6 +346,7 @@ impl Default for NodeConfig {
             max_pdu: 65536,
             read_timeout_s: 60,
             allowed: Vec::new(),
+            tls: None,
         }
     }
 }

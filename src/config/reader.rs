@@ -247,6 +247,19 @@ impl<'a> Section<'a> {
         })
     }
 
+    /// The table at `key`, or `None` when no layer sets it (a feature that is off unless present).
+    pub(super) fn optional_section(
+        &mut self,
+        key: &'static str,
+    ) -> Result<Option<Section<'a>>, ConfigError> {
+        Ok(self.optional::<Table>(key)?.map(|field| Section {
+            layer: self.layer,
+            path: field.key,
+            entries: field.value,
+            known: Vec::new(),
+        }))
+    }
+
     /// The array of tables at `key` (`[[key]]`); empty when no layer sets it.
     pub(super) fn sections(&mut self, key: &'static str) -> Result<Vec<Section<'a>>, ConfigError> {
         let field = self.get(key, Vec::<Table>::new())?;

@@ -14,7 +14,7 @@ use super::reader::{Field, Section};
 use super::{
     default_session_key_file, AllowedAe, Config, ConfigError, DatabaseConfig, Destination,
     ModelsConfig, NodeConfig, PortalConfig, RoutingRule, RuleMatch, SeriesConfig, StorageConfig,
-    WorkerConfig,
+    TlsClient, TlsServer, WorkerConfig,
 };
 use crate::pipeline::{JobOptions, OptionsError};
 
@@ -78,6 +78,7 @@ fn node(mut t: Section<'_>) -> Result<NodeConfig, ConfigError> {
             .into_iter()
             .map(allowed)
             .collect::<Result<_, _>>()?,
+        tls: t.optional_section("tls")?.map(tls_server).transpose()?,
     };
     t.finish()?;
     Ok(node)
@@ -101,9 +102,54 @@ fn destination(mut t: Section<'_>) -> Result<Destination, ConfigError> {
         ae_title: t.required("ae_title")?.check(ae_title)?,
         host: t.required("host")?.check(host)?,
         port: t.required("port")?.port(false)?,
+        tls: t.optional_section("tls")?.map(tls_client).transpose()?,
     };
     t.finish()?;
     Ok(destination)
+}
+
+/// A PEM file that must exist (read at start-up, so a wrong path fails early with its key).
+fn pem_file(field: Field<String>) -> Result<PathBuf, ConfigError> {
+    let path = PathBuf::from(&field.value);
+    if !path.is_file() {
+        return Err(field.invalid(format!("{} is not a readable file", path.display())));
+    }
+    Ok(path)
+}
+
+fn tls_server(mut t: Section<'_>) -> Result<TlsServer, ConfigError> {
+    let tls = TlsServer {
+        port: t.required("port")?.port(true)?,
+        cert_file: pem_file(t.required("cert_file")?)?,
+        key_file: pem_file(t.required("key_file")?)?,
+        client_ca_file: t.optional("client_ca_file")?.map(pem_file).transpose()?,
+    };
+    t.finish()?;
+    Ok(tls)
+}
+
+fn tls_client(mut t: Section<'_>) -> Result<TlsClient, ConfigError> {
+    let ca_file = pem_file(t.required("ca_file")?)?;
+    let server_name = t
+        .optional("server_name")?
+        .map(|f: Field<String>| f.check(host))
+        .transpose()?;
+    let cert: Option<Field<String>> = t.optional("cert_file")?;
+    let key: Option<Field<String>> = t.optional("key_file")?;
+    let (cert_file, key_file) = match (cert, key) {
+        (Some(c), Some(k)) => (Some(pem_file(c)?), Some(pem_file(k)?)),
+        (None, None) => (None, None),
+        (Some(lone), None) | (None, Some(lone)) => {
+            return Err(lone.invalid("cert_file and key_file must be given together"));
+        }
+    };
+    t.finish()?;
+    Ok(TlsClient {
+        ca_file,
+        server_name,
+        cert_file,
+        key_file,
+    })
 }
 
 fn series(mut t: Section<'_>) -> Result<SeriesConfig, ConfigError> {

@@ -191,7 +191,7 @@ fn errors_are_blamed_on_the_layer_that_set_the_value() {
     assert_eq!(
         file.error(&[("KNEENODE__NODE__PROT", "1")]),
         "environment variable KNEENODE__NODE__PROT: node.prot: unknown key (expected one of: \
-         ae_title, allowed, bind, max_associations, max_pdu, port, read_timeout_s)"
+         ae_title, allowed, bind, max_associations, max_pdu, port, read_timeout_s, tls)"
     );
     let overrides = Overrides {
         ae_title: Some("A".repeat(17)),

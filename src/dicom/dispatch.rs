@@ -109,6 +109,8 @@ pub fn enqueue(
 pub struct Dispatcher {
     db: Db,
     calling_ae: String,
+    /// Configured destinations by name, with TLS settings loaded.
+    peers: std::collections::HashMap<String, Peer>,
     backoff: Backoff,
     timeouts: Timeouts,
 }
@@ -119,12 +121,26 @@ impl Dispatcher {
         Self {
             db,
             calling_ae: calling_ae.to_owned(),
+            peers: std::collections::HashMap::new(),
             backoff: Backoff {
                 base: Duration::from_secs(30),
                 max: Duration::from_secs(3600),
             },
             timeouts: Timeouts::default(),
         }
+    }
+
+    /// Uses the configured destinations (and their TLS settings) for rows that name them; rows
+    /// for destinations no longer configured are sent as recorded, over plain TCP.
+    pub fn with_destinations(
+        mut self,
+        destinations: &[Destination],
+    ) -> Result<Self, super::tls::TlsError> {
+        for d in destinations {
+            self.peers
+                .insert(d.name.clone(), Peer::from_destination(d)?);
+        }
+        Ok(self)
     }
 
     /// Replaces the retry policy.
@@ -180,11 +196,16 @@ impl Dispatcher {
             .into_iter()
             .map(PathBuf::from)
             .collect();
-        let peer = Peer {
-            ae_title: d.ae_title.clone(),
-            host: d.host.clone(),
-            port: u16::try_from(d.port).unwrap_or(0),
-        };
+        let peer = self
+            .peers
+            .get(&d.destination)
+            .cloned()
+            .unwrap_or_else(|| Peer {
+                ae_title: d.ae_title.clone(),
+                host: d.host.clone(),
+                port: u16::try_from(d.port).unwrap_or(0),
+                tls: None,
+            });
         let result = scu::send(&self.calling_ae, &peer, &files, self.timeouts);
         let now = Utc::now().naive_utc();
         let attempts = d.attempts + 1;

@@ -9,6 +9,7 @@ pub mod scp;
 pub mod scu;
 pub mod series;
 pub mod store;
+pub mod tls;
 pub mod uid;
 pub mod uids;
 pub mod write;

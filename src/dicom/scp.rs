@@ -84,7 +84,28 @@ struct Shared {
 #[derive(Debug)]
 pub struct Scp {
     listener: TcpListener,
+    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     shared: Arc<Shared>,
+}
+
+/// The next connection on the plain listener or the TLS one, with the TLS configuration to use.
+async fn accept_either(
+    plain: &TcpListener,
+    tls: Option<&(TcpListener, Arc<rustls::ServerConfig>)>,
+) -> std::io::Result<(TcpStream, SocketAddr, Option<Arc<rustls::ServerConfig>>)> {
+    let tls_accept = async {
+        match tls {
+            Some((l, config)) => l
+                .accept()
+                .await
+                .map(|(s, p)| (s, p, Some(Arc::clone(config)))),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = plain.accept() => r.map(|(s, p)| (s, p, None)),
+        r = tls_accept => r,
+    }
 }
 
 fn resolve(allowed: &AllowedAe) -> Allowed {
@@ -131,8 +152,21 @@ impl Scp {
             ended: None,
             limit: Arc::new(Semaphore::new(cfg.max_associations.max(1) as usize)),
         };
+        let tls = match &cfg.tls {
+            Some(t) => {
+                let config = super::tls::server_config(t).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                })?;
+                Some((
+                    TcpListener::bind((cfg.bind.as_str(), t.port)).await?,
+                    config,
+                ))
+            }
+            None => None,
+        };
         Ok(Scp {
             listener,
+            tls,
             shared: Arc::new(shared),
         })
     }
@@ -153,6 +187,11 @@ impl Scp {
         self.listener.local_addr()
     }
 
+    /// The bound address of the TLS listener, when there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` turns true, then stops accepting and lets in-flight associations
     /// finish (up to a grace period).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -160,12 +199,12 @@ impl Scp {
         let counter = AtomicU64::new(0);
         loop {
             tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
+                accepted = accept_either(&self.listener, self.tls.as_ref()) => match accepted {
+                    Ok((stream, peer, tls)) => {
                         let id = format!("a{}", counter.fetch_add(1, Ordering::Relaxed) + 1);
                         let shared = Arc::clone(&self.shared);
-                        let span = tracing::info_span!("association", id = %id, peer = %peer);
-                        tasks.spawn(serve_association(shared, stream, peer, id).instrument(span));
+                        let span = tracing::info_span!("association", id = %id, peer = %peer, tls = tls.is_some());
+                        tasks.spawn(serve_association(shared, stream, peer, id, tls).instrument(span));
                     }
                     // Out of file descriptors and the like: back off instead of spinning.
                     Err(e) => {
@@ -182,6 +221,7 @@ impl Scp {
             }
         }
         drop(self.listener);
+        drop(self.tls);
         info!(
             in_flight = tasks.len(),
             "SCP stopped accepting; finishing in-flight associations"
@@ -270,7 +310,13 @@ enum Receiving {
     },
 }
 
-async fn serve_association(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, id: String) {
+async fn serve_association(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: String,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     // Without TCP_NODELAY each small response waits ~40 ms for a delayed ACK.
     drop(stream.set_nodelay(true));
     let Ok(_permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
@@ -294,16 +340,31 @@ async fn serve_association(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
     for ts in uids::STORAGE_TRANSFER_SYNTAXES {
         options = options.with_transfer_syntax(ts);
     }
-    let mut assoc = match options.establish_async(stream).await {
-        Ok(a) => a,
-        Err(e) => {
-            shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            // Rejections by AE were logged by Access with the AE titles; this covers garbage,
-            // oversized or truncated requests.
-            info!(error = %e, "association not established");
-            return;
-        }
+    let failed = match tls {
+        Some(config) => match options.tls_config(config).establish_tls_async(stream).await {
+            Ok(assoc) => return run_association(&shared, assoc, peer, id).await,
+            Err(e) => e,
+        },
+        None => match options.establish_async(stream).await {
+            Ok(assoc) => return run_association(&shared, assoc, peer, id).await,
+            Err(e) => e,
+        },
     };
+    shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+    // Rejections by AE were logged by Access with the AE titles; this covers garbage,
+    // oversized or truncated requests and failed TLS handshakes.
+    info!(error = %failed, "association not established");
+}
+
+/// Serves an established association (plain or TLS) until release, abort or error.
+async fn run_association<S>(
+    shared: &Shared,
+    mut assoc: AsyncServerAssociation<S>,
+    peer: SocketAddr,
+    id: String,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     shared.stats.associations.fetch_add(1, Ordering::Relaxed);
     let sender = Sender {
         calling_ae: assoc.peer_ae_title().trim().to_owned(),
@@ -361,8 +422,8 @@ async fn serve_association(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
                     };
                     command.clear();
                     match on_command(
-                        &shared,
-                        &assoc,
+                        shared,
+                        assoc.presentation_contexts(),
                         &sender,
                         &cmd,
                         value.presentation_context_id,
@@ -403,7 +464,7 @@ async fn serve_association(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
                         continue;
                     }
                     let Some(done) = finish(
-                        &shared,
+                        shared,
                         &sender,
                         std::mem::replace(&mut state, Receiving::Idle),
                     )
@@ -547,7 +608,7 @@ enum CommandAction {
 
 fn on_command(
     shared: &Shared,
-    assoc: &AsyncServerAssociation<TcpStream>,
+    pcs: &[dicom_ul::pdu::PresentationContextNegotiated],
     sender: &Sender,
     cmd: &Command,
     pc_id: u8,
@@ -564,7 +625,7 @@ fn on_command(
                     "C-STORE-RQ without affected SOP class or instance".into(),
                 );
             };
-            let Some(pc) = assoc.presentation_contexts().iter().find(|p| p.id == pc_id) else {
+            let Some(pc) = pcs.iter().find(|p| p.id == pc_id) else {
                 return CommandAction::Abort(format!("unknown presentation context {pc_id}"));
             };
             let discard = |status, reason: &str| {
@@ -606,11 +667,14 @@ fn on_command(
     }
 }
 
-async fn send_command(
-    assoc: &mut AsyncServerAssociation<TcpStream>,
+async fn send_command<S>(
+    assoc: &mut AsyncServerAssociation<S>,
     pc: u8,
     data: Vec<u8>,
-) -> Result<(), ()> {
+) -> Result<(), ()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     let pdu = Pdu::PData {
         data: vec![PDataValue {
             presentation_context_id: pc,

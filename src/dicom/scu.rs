@@ -11,7 +11,10 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use dicom_ul::association::client::ClientAssociation;
+use dicom_ul::association::CloseSocket;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{ClientAssociationOptions, Pdu};
 
@@ -19,7 +22,7 @@ use super::dimse::{self, Command};
 use super::{part10, uids};
 
 /// A DICOM peer to talk to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Peer {
     /// Its AE title.
     pub ae_title: String,
@@ -27,6 +30,50 @@ pub struct Peer {
     pub host: String,
     /// Port.
     pub port: u16,
+    /// TLS settings; `None` = plain TCP.
+    pub tls: Option<PeerTls>,
+}
+
+/// How to reach a peer over TLS.
+#[derive(Clone)]
+pub struct PeerTls {
+    /// The rustls client configuration (trusted CAs, optional client certificate).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name its certificate must carry.
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+impl PartialEq for PeerTls {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.config, &other.config) && self.server_name == other.server_name
+    }
+}
+
+impl Peer {
+    /// The peer of a configured destination, with its TLS configuration loaded.
+    pub fn from_destination(d: &crate::config::Destination) -> Result<Peer, super::tls::TlsError> {
+        let tls = match &d.tls {
+            Some(t) => Some(PeerTls {
+                config: super::tls::client_config(t)?,
+                server_name: t.server_name.clone().unwrap_or_else(|| d.host.clone()),
+            }),
+            None => None,
+        };
+        Ok(Peer {
+            ae_title: d.ae_title.clone(),
+            host: d.host.clone(),
+            port: d.port,
+            tls,
+        })
+    }
 }
 
 impl Peer {
@@ -42,6 +89,7 @@ impl Peer {
             ae_title: ae.to_owned(),
             host: host.trim_matches(['[', ']']).to_owned(),
             port: port.parse().ok()?,
+            tls: None,
         })
     }
 }
@@ -120,12 +168,18 @@ impl Default for Timeouts {
     }
 }
 
+/// An established association, plain or over TLS.
+enum Conn {
+    Plain(ClientAssociation<TcpStream>),
+    Tls(Box<ClientAssociation<dicom_ul::association::client::TlsStream>>),
+}
+
 fn associate(
     calling_ae: &str,
     peer: &Peer,
     contexts: &[(String, Vec<String>)],
     t: Timeouts,
-) -> Result<ClientAssociation<TcpStream>, ScuError> {
+) -> Result<Conn, ScuError> {
     let mut opts = ClientAssociationOptions::new()
         .calling_ae_title(calling_ae.to_owned())
         .called_ae_title(peer.ae_title.clone())
@@ -136,15 +190,28 @@ fn associate(
     for (class, syntaxes) in contexts {
         opts = opts.with_presentation_context(class.clone(), syntaxes.clone());
     }
-    let mut assoc = opts
-        .establish((peer.host.as_str(), peer.port))
-        .map_err(|e| ScuError::Associate {
-            peer: peer.to_string(),
-            reason: e.to_string(),
-        })?;
+    let fail = |e: dicom_ul::association::Error| ScuError::Associate {
+        peer: peer.to_string(),
+        reason: e.to_string(),
+    };
+    let addr = (peer.host.as_str(), peer.port);
     // Without TCP_NODELAY every small command waits for a delayed ACK (~40 ms).
-    drop(assoc.inner_stream().set_nodelay(true));
-    Ok(assoc)
+    match &peer.tls {
+        None => {
+            let mut a = opts.establish(addr).map_err(fail)?;
+            drop(a.inner_stream().set_nodelay(true));
+            Ok(Conn::Plain(a))
+        }
+        Some(tls) => {
+            let mut a = opts
+                .tls_config(Arc::clone(&tls.config))
+                .server_name(&tls.server_name)
+                .establish_tls(addr)
+                .map_err(fail)?;
+            drop(a.inner_stream().sock.set_nodelay(true));
+            Ok(Conn::Tls(Box::new(a)))
+        }
+    }
 }
 
 fn protocol(peer: &Peer, reason: impl std::fmt::Display) -> ScuError {
@@ -155,8 +222,8 @@ fn protocol(peer: &Peer, reason: impl std::fmt::Display) -> ScuError {
 }
 
 /// Sends a command and waits for the response command's status.
-fn exchange(
-    assoc: &mut ClientAssociation<TcpStream>,
+fn exchange<S: CloseSocket + Read + Write>(
+    assoc: &mut ClientAssociation<S>,
     peer: &Peer,
     pc: u8,
     command: Vec<u8>,
@@ -207,7 +274,16 @@ pub fn echo(calling_ae: &str, peer: &Peer, t: Timeouts) -> Result<(), ScuError> 
         uids::VERIFICATION.to_owned(),
         vec![uids::IMPLICIT_VR_LE.to_owned()],
     )];
-    let mut assoc = associate(calling_ae, peer, &contexts, t)?;
+    match associate(calling_ae, peer, &contexts, t)? {
+        Conn::Plain(a) => echo_on(a, peer),
+        Conn::Tls(a) => echo_on(*a, peer),
+    }
+}
+
+fn echo_on<S: CloseSocket + Read + Write>(
+    mut assoc: ClientAssociation<S>,
+    peer: &Peer,
+) -> Result<(), ScuError> {
     let pc = accepted(&assoc)
         .first()
         .map(|(id, _, _)| *id)
@@ -221,7 +297,9 @@ pub fn echo(calling_ae: &str, peer: &Peer, t: Timeouts) -> Result<(), ScuError> 
 }
 
 /// Accepted presentation contexts: (id, abstract syntax, transfer syntax).
-fn accepted(assoc: &ClientAssociation<TcpStream>) -> Vec<(u8, String, String)> {
+fn accepted<S: CloseSocket + Read + Write>(
+    assoc: &ClientAssociation<S>,
+) -> Vec<(u8, String, String)> {
     assoc
         .presentation_contexts()
         .iter()
@@ -323,7 +401,17 @@ pub fn send(
             (class, list)
         })
         .collect();
-    let mut assoc = associate(calling_ae, peer, &contexts, t)?;
+    match associate(calling_ae, peer, &contexts, t)? {
+        Conn::Plain(a) => send_on(a, peer, &outgoing),
+        Conn::Tls(a) => send_on(*a, peer, &outgoing),
+    }
+}
+
+fn send_on<S: CloseSocket + Read + Write>(
+    mut assoc: ClientAssociation<S>,
+    peer: &Peer,
+    outgoing: &[Outgoing],
+) -> Result<usize, ScuError> {
     let pcs = accepted(&assoc);
     let mut sent = 0;
     for (n, file) in outgoing.iter().enumerate() {
@@ -370,7 +458,8 @@ mod tests {
             Some(Peer {
                 ae_title: "PACS".into(),
                 host: "10.0.0.5".into(),
-                port: 104
+                port: 104,
+                tls: None
             })
         );
         assert_eq!(

@@ -46,6 +46,7 @@ impl Pacs {
             ae_title: "PACS".into(),
             host: "127.0.0.1".into(),
             port,
+            tls: None,
         };
         let quick = Timeouts {
             connect: Duration::from_secs(1),
@@ -109,6 +110,7 @@ fn scu_sends_to_storescp_intact() {
         ae_title: "PACS".into(),
         host: "127.0.0.1".into(),
         port,
+        tls: None,
     };
     assert_eq!(
         scu::send("KNEENODE", &peer, &files, Timeouts::default()).unwrap(),
@@ -143,6 +145,7 @@ fn a_destination_that_is_down_is_retried_until_it_comes_up() {
         ae_title: "PACS".into(),
         host: "127.0.0.1".into(),
         port,
+        tls: None,
     };
     dispatch::enqueue(&db, &job.id, &dest, &files).unwrap();
     let dispatcher = Dispatcher::new(db.clone(), "KNEENODE").with_backoff(Backoff {

@@ -13,4 +13,5 @@ mod config;
 mod dispatch;
 mod queue;
 mod scp;
+mod tls;
 mod torch;

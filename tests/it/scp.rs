@@ -28,6 +28,7 @@ use crate::common::{fresh, Backend};
 /// An SCP running in this process on a free port, over a scratch SQLite database.
 pub struct Node {
     pub addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
     pub db: Db,
     stop: tokio::sync::watch::Sender<bool>,
     _rt: tokio::runtime::Runtime,
@@ -62,6 +63,7 @@ impl Node {
             .unwrap()
             .notify_ended(ended_tx);
         let addr = scp.local_addr().unwrap();
+        let tls_addr = scp.tls_addr();
         let (stop, rx) = tokio::sync::watch::channel(false);
         let watcher = SeriesWatcher::new(
             Queue::new(db.clone()),
@@ -74,6 +76,7 @@ impl Node {
         rt.spawn(scp.run(rx));
         Node {
             addr,
+            tls_addr,
             db,
             stop,
             _rt: rt,
@@ -147,7 +150,7 @@ fn storescu(
         .unwrap()
 }
 
-fn echoscu(addr: SocketAddr, calling: &str) -> bool {
+pub fn echoscu(addr: SocketAddr, calling: &str) -> bool {
     Command::new("echoscu")
         .args(["-aet", calling, "-aec", "KNEENODE"])
         .arg(addr.ip().to_string())
