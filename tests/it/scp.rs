@@ -756,3 +756,111 @@ fn an_idle_association_is_aborted_after_the_read_timeout() {
     }
     assert!(echoscu(node.addr, "AFTER"));
 }
+
+#[test]
+fn a_resent_instance_is_stored_once_and_changed_bytes_become_revision_2() {
+    let node = Node::start(|_| {});
+    let work = tempfile::tempdir().unwrap();
+    let file = &mr_series(work.path(), 1, 32)[0];
+    let sop = part10::read_header(&mut std::fs::File::open(file).unwrap())
+        .unwrap()
+        .sop_instance;
+    let full = dataset_bytes(file);
+    let mut assoc = associate(node.addr);
+    assert_eq!(
+        c_store(&mut assoc, uids::MR_IMAGE, &sop, full.clone()),
+        dimse::status::SUCCESS
+    );
+    assert_eq!(
+        c_store(&mut assoc, uids::MR_IMAGE, &sop, full.clone()),
+        dimse::status::SUCCESS
+    );
+    assert_eq!(
+        node.instance_rows().len(),
+        1,
+        "the same bytes twice are one instance"
+    );
+    // Same SOP Instance UID, other pixel bytes: kept as a second revision, the first untouched.
+    let mut changed = full.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 0xFF;
+    assert_eq!(
+        c_store(&mut assoc, uids::MR_IMAGE, &sop, changed.clone()),
+        dimse::status::SUCCESS
+    );
+    assoc.release().unwrap();
+    let rows = node.instance_rows();
+    assert_eq!(rows.len(), 2);
+    let first = rows.iter().find(|r| !r.2.ends_with(".r2.dcm")).unwrap();
+    let second = rows
+        .iter()
+        .find(|r| r.2.ends_with(".r2.dcm"))
+        .expect("revision 2 file");
+    assert_eq!(dataset_bytes(Path::new(&first.2)), full);
+    assert_eq!(dataset_bytes(Path::new(&second.2)), changed);
+}
+
+#[test]
+fn sigterm_stops_accepting_finishes_in_flight_work_and_exits_0() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let mut node = NodeProcess::start(dir.path(), &config(&storage, ""));
+    let files = mr_series(&dir.path().join("s"), 120, 64);
+    let mut peer = Command::new("storescu")
+        .env("TCP_NODELAY", "1")
+        .args(["-v", "-aet", "STREAM", "-aec", "KNEENODE"])
+        .arg(node.addr.ip().to_string())
+        .arg(node.addr.port().to_string())
+        .args(&files)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let db = Db::open(
+        &format!("sqlite://{}", storage.join("kneenode.sqlite").display()),
+        1,
+    )
+    .unwrap();
+    wait_for("some instances", Duration::from_secs(60), || {
+        let n: i64 = instances::table
+            .count()
+            .get_result(&mut *db.conn().unwrap())
+            .ok()?;
+        (n >= 10).then_some(())
+    });
+    kill(Pid::from_raw(node.child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = node.child.wait().unwrap();
+    let mut log = String::new();
+    peer.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    peer.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    peer.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}\n{}", node.log());
+    assert!(
+        node.log().contains("SCP stopped accepting"),
+        "{}",
+        node.log()
+    );
+    // Whatever storescu saw acknowledged is recorded; the in-flight association was allowed to end.
+    let acked = acknowledged(&log);
+    let n: i64 = instances::table
+        .count()
+        .get_result(&mut *db.conn().unwrap())
+        .unwrap();
+    assert!(
+        acked.len() >= 10 && n as usize >= acked.len(),
+        "acked {} recorded {n}",
+        acked.len()
+    );
+    // After SIGTERM nothing new is accepted.
+    assert!(!echoscu(node.addr, "LATE"));
+}
