@@ -1,6 +1,7 @@
 //! DICOM: networking (the SCP that receives series), the durable instance store, and the small
 //! pieces of the standard kneenode reads and writes itself (DIMSE command sets, Part-10 headers).
 
+mod access;
 pub mod dimse;
 pub mod dispatch;
 pub mod part10;

@@ -7,29 +7,24 @@
 //! A read timeout aborts idle associations; a malformed PDU aborts the association and nothing
 //! else: the listener keeps serving.
 
-use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dicom_ul::association::server::AccessControl;
 use dicom_ul::association::{Association, AsyncServerAssociation};
-use dicom_ul::pdu::{
-    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
-    AssociationRJServiceUserReason, AssociationRJSource, PDataValue, PDataValueType, UserIdentity,
-};
+use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::{Pdu, ServerAssociationOptions};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
+use super::access::{reject_busy, resolve, Access, Allowed};
 use super::dimse::{self, status, Command};
 use super::store::{Incoming, Outcome, Sender, Store};
 use super::uids;
-use crate::config::{AllowedAe, NodeConfig};
+use crate::config::NodeConfig;
 
 /// How long a shutdown waits for in-flight associations before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -58,13 +53,6 @@ pub struct AssociationEnded {
     pub series: Vec<String>,
     /// Whether it ended with A-RELEASE (true) or an abort / error (false).
     pub released: bool,
-}
-
-/// An allowed calling AE with its host resolved to addresses.
-#[derive(Debug, Clone)]
-struct Allowed {
-    ae_title: String,
-    hosts: Option<HashSet<IpAddr>>,
 }
 
 /// Configuration the association tasks share.
@@ -105,27 +93,6 @@ async fn accept_either(
     tokio::select! {
         r = plain.accept() => r.map(|(s, p)| (s, p, None)),
         r = tls_accept => r,
-    }
-}
-
-fn resolve(allowed: &AllowedAe) -> Allowed {
-    let hosts = allowed
-        .host
-        .as_ref()
-        .map(|host| match host.parse::<IpAddr>() {
-            Ok(ip) => HashSet::from([ip.to_canonical()]),
-            Err(_) => match (host.as_str(), 0).to_socket_addrs() {
-                Ok(addrs) => addrs.map(|a| a.ip().to_canonical()).collect(),
-                Err(e) => {
-                    warn!(ae_title = %allowed.ae_title, host = %host, error = %e,
-                      "cannot resolve an allowed host; that AE will be rejected");
-                    HashSet::new()
-                }
-            },
-        });
-    Allowed {
-        ae_title: allowed.ae_title.trim().to_owned(),
-        hosts,
     }
 }
 
@@ -240,56 +207,6 @@ impl Scp {
     }
 }
 
-/// The allow-list check, made per connection so it knows the peer address.
-struct Access<'a> {
-    shared: &'a Shared,
-    peer: SocketAddr,
-}
-
-impl AccessControl for Access<'_> {
-    fn check_access(
-        &self,
-        this_ae_title: &str,
-        calling_ae_title: &str,
-        called_ae_title: &str,
-        _user_identity: Option<&UserIdentity>,
-    ) -> Result<(), AssociationRJServiceUserReason> {
-        let calling = calling_ae_title.trim();
-        if called_ae_title.trim() != this_ae_title.trim() {
-            warn!(calling_ae = %calling, called_ae = %called_ae_title.trim(), peer = %self.peer,
-                  "association rejected: called AE title is not ours");
-            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
-        }
-        let allowed = &self.shared.allowed;
-        let ip = self.peer.ip().to_canonical();
-        let ok = allowed.is_empty()
-            || allowed
-                .iter()
-                .any(|a| a.ae_title == calling && a.hosts.as_ref().is_none_or(|h| h.contains(&ip)));
-        if !ok {
-            warn!(calling_ae = %calling, peer = %self.peer,
-                  "association rejected: calling AE title not recognised");
-            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
-        }
-        Ok(())
-    }
-}
-
-async fn reject_busy(mut stream: TcpStream) {
-    let rj = Pdu::AssociationRJ(AssociationRJ {
-        result: AssociationRJResult::Transient,
-        source: AssociationRJSource::ServiceProviderPresentation(
-            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-        ),
-    });
-    let mut buf = Vec::new();
-    if dicom_ul::write_pdu(&mut buf, &rj).is_ok() {
-        // Best effort: the peer may already be gone.
-        drop(stream.write_all(&buf).await);
-    }
-    drop(stream.shutdown().await);
-}
-
 /// What the association is receiving right now.
 enum Receiving {
     Idle,
@@ -326,7 +243,7 @@ async fn serve_association(
     };
     let mut options = ServerAssociationOptions::new()
         .ae_access_control(Access {
-            shared: &shared,
+            allowed: &shared.allowed,
             peer,
         })
         .ae_title(shared.ae_title.clone())

@@ -107,16 +107,11 @@ impl SeriesWatcher {
             .load(&mut *conn)
             .map_err(crate::db::DbError::Query)?;
         drop(conn);
-        let mut done = Vec::new();
-        for row in rows {
-            if row
-                .expected_count
-                .is_some_and(|expected| row.instance_count >= expected)
-            {
-                done.extend(self.complete(row)?);
-            }
-        }
-        Ok(done)
+        let full = rows.into_iter().filter(|r| {
+            r.expected_count
+                .is_some_and(|expected| r.instance_count >= expected)
+        });
+        self.complete_all(full)
     }
 
     /// Completes every series that has been quiet for the quiet period.
@@ -131,6 +126,13 @@ impl SeriesWatcher {
             .load(&mut *conn)
             .map_err(crate::db::DbError::Query)?;
         drop(conn);
+        self.complete_all(rows)
+    }
+
+    fn complete_all(
+        &self,
+        rows: impl IntoIterator<Item = SeriesRow>,
+    ) -> Result<Vec<Completed>, QueueError> {
         let mut done = Vec::new();
         for row in rows {
             done.extend(self.complete(row)?);

@@ -15,7 +15,7 @@ use kneenode::jobs::{Backoff, JobSource, NewJob, Queue};
 use kneenode::pipeline::JobOptions;
 
 use crate::common::{fresh, Backend};
-use crate::scp::mr_series;
+use crate::peers::mr_series;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

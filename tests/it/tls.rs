@@ -9,7 +9,7 @@ use kneenode::config::{TlsClient, TlsServer};
 use kneenode::dicom::scu::{self, Peer, PeerTls, Timeouts};
 use kneenode::dicom::tls;
 
-use crate::scp::{mr_series, Node};
+use crate::peers::{mr_series, Node};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -166,7 +166,7 @@ fn tls_listener_serves_dcmtk_and_our_scu() {
         ..peer.clone()
     };
     assert!(scu::echo("TLSSCU", &plain, quick).is_err());
-    assert!(crate::scp::echoscu(node.addr, "PLAIN"));
+    assert!(crate::peers::echoscu(node.addr, "PLAIN"));
 }
 
 #[test]
