@@ -330,6 +330,7 @@ trial() {
     rm -rf "$dir"
 }
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')
 log "receivers: ${RECEIVERS[*]}; $COUNT instances, $((BYTES / COUNT)) bytes each; $RUNS run(s); storage under $WORK"
 for s in "${SKIPPED[@]+"${SKIPPED[@]}"}"; do log "SKIPPED $s"; done
 for run in $(seq 1 "$RUNS"); do
@@ -343,27 +344,30 @@ done
 
 # ---------------------------------------------------------------- table
 SKIPPED_TEXT=$(printf '%s\n' "${SKIPPED[@]+"${SKIPPED[@]}"}")
-python3 - "$RESULTS" "$COUNT" "$BYTES" "$RUNS" "$SKIPPED_TEXT" <<'EOF'
+MACHINE="$(nproc) CPUs; load average $LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?') at end; storage on $(df -P "$WORK" | awk 'NR==2 {print $1}')"
+python3 - "$RESULTS" "$COUNT" "$BYTES" "$RUNS" "$SKIPPED_TEXT" "$MACHINE" <<'EOF'
 import statistics, sys
-path, count, nbytes, runs, skipped = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+path, count, nbytes, runs, skipped, machine = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
 order = ["kneenode", "dcmtk", "dicom-rs", "orthanc"]
 label = {"kneenode": "kneenode scp", "dcmtk": "dcmtk storescp", "dicom-rs": "dicom-rs storescp", "orthanc": "Orthanc"}
 how = {"kneenode": "", "dcmtk": "--fork", "dicom-rs": "--non-blocking", "orthanc": "DicomThreadsCount 8"}
 fsync = {"kneenode": "yes (file+dir, then DB commit)", "dcmtk": "no", "dicom-rs": "no", "orthanc": "yes (SyncStorageArea)"}
-med, bad = {}, {}
+med, bad, why = {}, {}, {}
 for name in order:
     for a in ("1", "8"):
         ok = [float(r[3]) for r in rows if r[0] == name and r[1] == a and r[4] == "ok"]
         n = len([r for r in rows if r[0] == name and r[1] == a])
         if n:
             bad[(name, a)] = n - len(ok)
+            why[(name, a)] = sorted({r[4] for r in rows if r[0] == name and r[1] == a and r[4] != "ok"})
             if ok:
                 med[(name, a)] = statistics.median(ok)
 names = [n for n in order if any((n, a) in bad for a in ("1", "8"))]
 print()
 print("Ingest: %d MR instances (%.1f kB each, %.1f MB), loopback, storescu with TCP_NODELAY=1; median of %d run(s)"
       % (count, nbytes / count / 1000, nbytes / 1e6, runs))
+print("Machine: " + machine)
 hdr = "%-18s %-20s %6s %10s %8s %9s %12s  %s" % ("receiver", "options", "assocs", "inst/s", "MB/s", "median s", "kneenode ÷", "fsync")
 print(hdr)
 print("-" * len(hdr))
@@ -381,7 +385,7 @@ for a in ("1", "8"):
             cells = ("%.0f" % ips, "%.1f" % mbs, "%.2f" % t, ratio)
         else:
             cells = ("FAILED", "—", "—", "—")
-        note = "" if not bad[(name, a)] else "  (%d of %d runs failed, left out)" % (bad[(name, a)], runs)
+        note = "" if not bad[(name, a)] else "  (%d of %d runs failed, left out: %s)" % (bad[(name, a)], runs, ", ".join(why[(name, a)]))
         print("%-18s %-20s %6s %10s %8s %9s %12s  %s%s" % ((label[name], how[name], a) + cells + (fsync[name], note)))
     print()
 print("Targets:")

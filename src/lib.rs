@@ -17,6 +17,7 @@ pub mod device;
 pub mod dicom;
 pub mod doctor;
 pub mod jobs;
+pub mod phantom;
 pub mod pipeline;
 pub mod storage;
 pub mod telemetry;

@@ -99,8 +99,8 @@ enum Command {
         #[arg(long)]
         to: String,
     },
-    /// (not available yet) Write a synthetic knee MR phantom.
-    Phantom(Pending),
+    /// Write a synthetic knee MR phantom: a DICOM series, the image and its labels as NIfTI.
+    Phantom(PhantomArgs),
 }
 
 /// Arguments of a verb that a later change fills; accepted so that `--help` works.
@@ -108,6 +108,29 @@ enum Command {
 struct Pending {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     args: Vec<String>,
+}
+
+/// Options of `kneenode phantom`.
+#[derive(Args)]
+struct PhantomArgs {
+    /// Output folder (created): dicom/IM*.dcm, image.nii.gz, labels.nii.gz, labels.nrrd.
+    #[arg(long)]
+    out: PathBuf,
+    /// Random seed: the same seed gives the same phantom, bit for bit.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// A small, coarse phantom (64×64×48 at 2 mm) for quick tests.
+    #[arg(long)]
+    small: bool,
+    /// A left knee (default: right).
+    #[arg(long)]
+    left: bool,
+    /// Cartilage thickness, mm.
+    #[arg(long)]
+    cartilage_mm: Option<f64>,
+    /// No random rotation, shift or scale.
+    #[arg(long)]
+    no_pose: bool,
 }
 
 #[derive(Subcommand)]
@@ -234,8 +257,56 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{n} instance(s) sent to {peer}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Phantom(_) => pending("phantom"),
+        Command::Phantom(args) => {
+            write_phantom(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn write_phantom(args: &PhantomArgs) -> anyhow::Result<()> {
+    use kneenode::phantom::{generate, tissue_volumes_mm3, PhantomParams};
+    let mut params = if args.small {
+        PhantomParams::small(args.seed)
+    } else {
+        PhantomParams {
+            seed: args.seed,
+            ..Default::default()
+        }
+    };
+    params.left = args.left;
+    params.random_pose = !args.no_pose;
+    if let Some(mm) = args.cartilage_mm {
+        params.cartilage_thickness_mm = mm;
+    }
+    let started = std::time::Instant::now();
+    let phantom = generate(&params);
+    let info = kneenode::dicom::write::SeriesInfo {
+        laterality: if args.left { "L".into() } else { "R".into() },
+        series_description: format!("SAG 3D DESS PHANTOM seed {}", args.seed),
+        ..Default::default()
+    };
+    let files =
+        kneenode::dicom::write::write_mr_series(&phantom.image, &info, &args.out.join("dicom"))?;
+    kneenode::volume::write_nifti(&args.out.join("image.nii.gz"), &phantom.image)?;
+    kneenode::volume::write_nifti(&args.out.join("labels.nii.gz"), &phantom.labels)?;
+    kneenode::volume::write_nrrd(&args.out.join("labels.nrrd"), &phantom.labels)?;
+    let v = tissue_volumes_mm3(&phantom.labels);
+    println!(
+        "phantom seed {} ({:?} voxels, {:.1} s): {} DICOM slices, image.nii.gz, labels.nii.gz/.nrrd in {}",
+        args.seed,
+        phantom.image.dims(),
+        started.elapsed().as_secs_f64(),
+        files.len(),
+        args.out.display()
+    );
+    println!(
+        "femur {:.0} cm³, tibia {:.0} cm³, femoral cartilage {:.1} cm³",
+        v[7] / 1e3,
+        v[8] / 1e3,
+        v[2] / 1e3
+    );
+    Ok(())
 }
 
 fn open_db(cfg: &Config, pool_size: u32) -> anyhow::Result<Db> {

@@ -110,6 +110,12 @@ pub fn write_mr_series(
     for k in 0..nz {
         let sop = new_uid();
         let mut obj = InMemDicomObject::new_empty();
+        put(
+            &mut obj,
+            tags::IMAGE_TYPE,
+            VR::CS,
+            "ORIGINAL\\PRIMARY\\OTHER",
+        );
         put(&mut obj, tags::SOP_CLASS_UID, VR::UI, uids::MR_IMAGE);
         put(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, sop.as_str());
         put(&mut obj, tags::STUDY_DATE, VR::DA, "20260101");
@@ -152,7 +158,9 @@ pub fn write_mr_series(
         put(&mut obj, tags::ECHO_TIME, VR::DS, "5.0");
         put(&mut obj, tags::REPETITION_TIME, VR::DS, "16.0");
         put(&mut obj, tags::ECHO_NUMBERS, VR::IS, "1");
+        put(&mut obj, tags::ECHO_TRAIN_LENGTH, VR::IS, "1");
         put(&mut obj, tags::MAGNETIC_FIELD_STRENGTH, VR::DS, "3");
+        put(&mut obj, tags::PATIENT_POSITION, VR::CS, "FFS");
         put(
             &mut obj,
             tags::PROTOCOL_NAME,

@@ -156,7 +156,7 @@ fn config_check_names_the_file_and_key_of_a_bad_value() {
 #[test]
 fn verbs_of_later_versions_say_so_and_fail() {
     let dir = tempfile::tempdir().unwrap();
-    for verb in ["worker", "run", "phantom"] {
+    for verb in ["worker", "run"] {
         let out = kneenode(dir.path()).arg(verb).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{verb}");
         assert!(
@@ -164,4 +164,43 @@ fn verbs_of_later_versions_say_so_and_fail() {
             "{verb}"
         );
     }
+}
+
+#[test]
+fn phantom_writes_a_valid_dicom_series_and_its_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = kneenode(dir.path())
+        .args(["phantom", "--small", "--seed", "7", "--out", "p"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = dir.path().join("p");
+    let slices = std::fs::read_dir(p.join("dicom")).unwrap().count();
+    let labels = kneenode::volume::read_nifti_labels(&p.join("labels.nii.gz")).unwrap();
+    let image = kneenode::volume::read_nifti_f32(&p.join("image.nii.gz")).unwrap();
+    assert_eq!(slices, labels.dims()[2], "one DICOM slice per k");
+    assert_eq!(image.dims(), labels.dims());
+    assert!(labels.geometry().approx_eq(image.geometry(), 1e-6));
+    let present: std::collections::BTreeSet<u16> = labels.data().iter().copied().collect();
+    assert_eq!(present, (0..=9).collect(), "every tissue of the label map");
+    let nrrd = kneenode::volume::read_nrrd_labels(&p.join("labels.nrrd")).unwrap();
+    assert_eq!(nrrd.data(), labels.data());
+    // dciodvfy (dicom3tools) finds no error in the MR objects.
+    let first = p.join("dicom/IM0001.dcm");
+    let check = Command::new("dciodvfy").arg(&first).output().unwrap();
+    let report = String::from_utf8_lossy(&check.stderr).into_owned()
+        + &String::from_utf8_lossy(&check.stdout);
+    assert!(!report.contains("Error"), "{report}");
+    // Same seed, same phantom.
+    let again = kneenode(dir.path())
+        .args(["phantom", "--small", "--seed", "7", "--out", "q"])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    let q = kneenode::volume::read_nifti_labels(&dir.path().join("q/labels.nii.gz")).unwrap();
+    assert_eq!(q.data(), labels.data());
 }
