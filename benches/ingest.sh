@@ -74,8 +74,10 @@ want() { [[ ",$ONLY," == *",$1,"* ]]; }
 # ---------------------------------------------------------------- processes and clean-up
 WORK=""
 PGIDS=()      # process groups started by this script (each receiver runs under setsid)
+SCU_PIDS=()   # storescu processes of the trial in progress
 cleanup() {
     local pg
+    for pg in "${SCU_PIDS[@]}"; do kill -TERM "$pg" 2>/dev/null || true; done
     for pg in "${PGIDS[@]}"; do kill -TERM -- "-$pg" 2>/dev/null || true; done
     sleep 0.5
     for pg in "${PGIDS[@]}"; do kill -KILL -- "-$pg" 2>/dev/null || true; done
@@ -294,21 +296,23 @@ trial() {
         printf '%s\t%s\t%s\tNA\tstart-failed\n' "$name" "$assocs" "$run" >> "$RESULTS"
         stop_bg "$RPID"; return
     fi
-    local pids=() i rc=0 t0 t1 n
+    local i rc=0 t0 t1 n
+    SCU_PIDS=()
     t0=$(date +%s.%N)
     if [ "$assocs" = 1 ]; then
         timeout 600 storescu -aet BENCHSCU -aec "$RAE" +sd 127.0.0.1 "$RPORT" "${SERIES_DIRS[@]}" \
             > "$dir/scu-1.log" 2>&1 &
-        pids+=($!)
+        SCU_PIDS+=($!)
     else
         for i in $(seq 0 $((SERIES - 1))); do
             timeout 600 storescu -aet BENCHSCU -aec "$RAE" +sd 127.0.0.1 "$RPORT" "${SERIES_DIRS[$i]}" \
                 > "$dir/scu-$((i + 1)).log" 2>&1 &
-            pids+=($!)
+            SCU_PIDS+=($!)
         done
     fi
-    for i in "${pids[@]}"; do wait "$i" || rc=$?; done
+    for i in "${SCU_PIDS[@]}"; do wait "$i" || rc=$?; done
     t1=$(date +%s.%N)
+    SCU_PIDS=()
     n=$(stored "$name" "$dir" 2>>"$dir/receiver.log" | tail -n 1) || true
     [[ "$n" =~ ^[0-9]+$ ]] || n=0
     local secs status=ok

@@ -68,15 +68,26 @@ pub enum WriteError {
     TooLarge([usize; 3]),
 }
 
-fn ds(v: f64) -> String {
-    // DS holds at most 16 characters.
-    let s = format!("{v:.6}");
-    let s = s.trim_end_matches('0').trim_end_matches('.').to_owned();
-    if s.len() > 16 {
-        format!("{v:.3e}")
-    } else {
-        s
+/// A decimal string (DS) value as precise as its 16 characters allow, so that geometry written
+/// and read back agrees to far better than 1e-6.
+pub fn ds(v: f64) -> String {
+    let v = if v == 0.0 { 0.0 } else { v }; // no "-0"
+    let shortest = format!("{v}");
+    if shortest.len() <= 16 {
+        return shortest;
     }
+    for decimals in (0..=15).rev() {
+        let s = format!("{v:.decimals$}");
+        let s = if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_owned()
+        } else {
+            s
+        };
+        if s.len() <= 16 {
+            return s;
+        }
+    }
+    format!("{v:.9e}")
 }
 
 fn put(obj: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, v: impl Into<PrimitiveValue>) {
@@ -284,4 +295,29 @@ pub fn write_mr_series(
         paths.push(path);
     }
     Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ds;
+
+    #[test]
+    fn decimal_strings_fit_16_characters_and_keep_precision() {
+        for v in [
+            0.0,
+            -0.0,
+            1.5,
+            -60.0,
+            0.123_456_789_012_345_67,
+            -123.456_789_012_345,
+            1e-7,
+            98_765.432_101_234,
+        ] {
+            let s = ds(v);
+            assert!(s.len() <= 16, "{s}");
+            let back: f64 = s.parse().unwrap();
+            assert!((back - v).abs() <= 1e-10 * v.abs().max(1.0), "{v} -> {s}");
+        }
+        assert_eq!(ds(-0.0), "0");
+    }
 }

@@ -6,6 +6,7 @@
 //! at the boundary. [`resample`] moves a volume onto another grid or into the axis order a
 //! model expects. Nothing here knows about the database, the network or DICOM.
 
+pub mod dicom_series;
 pub mod geometry;
 mod linalg;
 pub mod nifti;
@@ -20,6 +21,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::ops::{Index, IndexMut};
 use std::path::{Path, PathBuf};
 
+pub use dicom_series::{read_dicom_dir, read_dicom_series};
 pub use geometry::{orientation_code, Geometry};
 pub use nifti::{read_nifti_f32, read_nifti_labels, write_nifti};
 pub use nrrd::{read_nrrd_f32, read_nrrd_labels, write_nrrd};
@@ -70,6 +72,15 @@ pub enum VolumeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A set of DICOM files that does not form one volume: several series, orientations or
+    /// echoes, a missing or duplicate slice, uneven slice spacing. Users see DICOM_ERROR.
+    #[error("{}: {reason}", dir.display())]
+    DicomSeries {
+        /// The folder (or first file) of the series.
+        dir: PathBuf,
+        /// What is wrong, in words a radiographer can act on.
+        reason: String,
+    },
     /// An in-memory volume or geometry is inconsistent (data length, spacing, direction,
     /// orientation code).
     #[error("{reason}")]
@@ -87,6 +98,7 @@ impl VolumeError {
             | VolumeError::Truncated { path, .. }
             | VolumeError::Unsupported { path, .. }
             | VolumeError::Malformed { path, .. } => Some(path),
+            VolumeError::DicomSeries { dir, .. } => Some(dir),
             VolumeError::Invalid { .. } => None,
         }
     }

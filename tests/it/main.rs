@@ -17,3 +17,4 @@ mod scp;
 mod series;
 mod tls;
 mod torch;
+mod volume_dicom;

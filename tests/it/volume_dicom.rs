@@ -1,0 +1,119 @@
+//! Volumes read back from DICOM series: geometry, voxels, and the errors a bad series gives.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kneenode::dicom::write::{write_mr_series, SeriesInfo};
+use kneenode::volume::geometry::rotation;
+use kneenode::volume::{read_dicom_dir, read_dicom_series, Geometry, Volume, VolumeError};
+
+fn oblique_volume() -> Volume<u16> {
+    let dims = [24, 20, 12];
+    let data = (0..dims.iter().product::<usize>())
+        .map(|i| (i * 7 % 4000) as u16)
+        .collect();
+    let geometry = Geometry {
+        origin: [-40.5, 12.25, 77.0],
+        spacing: [0.55, 0.6, 1.2],
+        direction: rotation([0.3, -0.5, 0.8], 0.4),
+    };
+    Volume::from_vec(dims, data, geometry).unwrap()
+}
+
+fn affine_close(a: &Geometry, b: &Geometry) -> f64 {
+    let (a, b) = (a.affine_lps(), b.affine_lps());
+    (0..4)
+        .flat_map(|r| (0..4).map(move |c| (r, c)))
+        .map(|(r, c)| (a[r][c] - b[r][c]).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn an_oblique_series_reads_back_with_the_same_affine_and_voxels() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = oblique_volume();
+    write_mr_series(&vol, &SeriesInfo::default(), dir.path()).unwrap();
+    let back = read_dicom_dir(dir.path()).unwrap();
+    assert_eq!(back.dims(), vol.dims());
+    let err = affine_close(back.geometry(), vol.geometry());
+    assert!(err < 1e-6, "affine differs by {err}");
+    let want: Vec<f32> = vol.data().iter().map(|&v| f32::from(v)).collect();
+    assert_eq!(back.data(), &want[..]);
+}
+
+#[test]
+fn every_uncompressed_transfer_syntax_gives_the_same_voxels() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = oblique_volume();
+    let files = write_mr_series(&vol, &SeriesInfo::default(), &dir.path().join("le")).unwrap();
+    let reference = read_dicom_dir(&dir.path().join("le")).unwrap();
+    for (name, flag) in [
+        ("implicit", "+ti"),
+        ("big-endian", "+tb"),
+        ("deflated", "+td"),
+    ] {
+        let out_dir = dir.path().join(name);
+        std::fs::create_dir_all(&out_dir).unwrap();
+        for f in &files {
+            let ok = Command::new("dcmconv")
+                .arg(flag)
+                .arg(f)
+                .arg(out_dir.join(f.file_name().unwrap()))
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let back = read_dicom_dir(&out_dir).unwrap();
+        assert_eq!(back.data(), reference.data(), "{name}");
+        assert!(
+            affine_close(back.geometry(), reference.geometry()) < 1e-9,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_slice_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_mr_series(&oblique_volume(), &SeriesInfo::default(), dir.path()).unwrap();
+    std::fs::remove_file(&files[5]).unwrap();
+    let err = read_dicom_dir(dir.path()).unwrap_err();
+    assert!(matches!(err, VolumeError::DicomSeries { .. }), "{err}");
+    assert!(err.to_string().contains("1 missing slice"), "{err}");
+}
+
+#[test]
+fn a_duplicate_slice_and_two_orientations_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = SeriesInfo::default();
+    let files = write_mr_series(&oblique_volume(), &info, &dir.path().join("a")).unwrap();
+    // The same slice twice (another SOP instance at the same position).
+    let mut with_dup: Vec<PathBuf> = files.clone();
+    let again = write_mr_series(&oblique_volume(), &info, &dir.path().join("b")).unwrap();
+    with_dup.push(again[3].clone());
+    let err = read_dicom_series(&with_dup, Path::new("series")).unwrap_err();
+    assert!(err.to_string().contains("same position"), "{err}");
+    // The same series with an axial stack added.
+    let mut axial = oblique_volume();
+    let mut g = *axial.geometry();
+    g.direction = rotation([1.0, 0.0, 0.0], 1.2);
+    axial.set_geometry(g);
+    let axial_files = write_mr_series(&axial, &info, &dir.path().join("c")).unwrap();
+    let mixed: Vec<PathBuf> = files.iter().chain(axial_files.iter()).cloned().collect();
+    let err = read_dicom_series(&mixed, Path::new("series")).unwrap_err();
+    assert!(err.to_string().contains("mixes 2 orientations"), "{err}");
+}
+
+#[test]
+fn the_phantom_series_reads_back_as_the_phantom() {
+    let dir = tempfile::tempdir().unwrap();
+    let phantom = kneenode::phantom::generate(&kneenode::phantom::PhantomParams::small(4));
+    write_mr_series(&phantom.image, &SeriesInfo::default(), dir.path()).unwrap();
+    let back = read_dicom_dir(dir.path()).unwrap();
+    assert!(affine_close(back.geometry(), phantom.image.geometry()) < 1e-6);
+    assert!(back
+        .data()
+        .iter()
+        .zip(phantom.image.data())
+        .all(|(a, b)| *a == f32::from(*b)));
+}
