@@ -1,9 +1,10 @@
 //! The knee pipeline as pure functions: volumes in, labels, meshes and numbers out.
 //!
 //! Nothing here knows about the database, DICOM networking or the portal; `worker` is the only
-//! place where the pipeline meets jobs and DICOM. For now this module holds the job options that
-//! every later stage reads.
+//! place where the pipeline meets jobs and DICOM.
 
+pub mod models;
 pub mod options;
+pub mod segment;
 
 pub use options::{JobOptions, NsmType, OptionsError};

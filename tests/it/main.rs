@@ -14,6 +14,7 @@ mod dispatch;
 mod peers;
 mod queue;
 mod scp;
+mod segment;
 mod series;
 mod tls;
 mod torch;

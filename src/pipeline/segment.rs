@@ -1,0 +1,234 @@
+//! Segmentation with a TorchScript model: sliding-window inference with Gaussian importance
+//! weighting (nnU-Net's scheme: step 0.5 of the patch, σ = 1/8 of the patch), optional mirroring
+//! test-time augmentation, autocast on CUDA, and softmax accumulated in one preallocated buffer.
+
+use tch::{CModule, Device, Kind, Tensor};
+
+/// Sliding-window settings.
+#[derive(Debug, Clone)]
+pub struct SlidingWindow {
+    /// Patch size in voxels (i, j, k).
+    pub patch: [i64; 3],
+    /// Step between patches as a fraction of the patch (0.5 = half overlap).
+    pub step: f64,
+    /// Patches per forward pass.
+    pub batch: usize,
+    /// Axes (0 = i, 1 = j, 2 = k) to mirror for test-time augmentation; empty = none.
+    pub mirror_axes: Vec<i64>,
+}
+
+impl SlidingWindow {
+    /// nnU-Net's defaults for a patch size: half-overlapping patches, no mirroring.
+    pub fn new(patch: [i64; 3]) -> Self {
+        Self {
+            patch,
+            step: 0.5,
+            batch: 2,
+            mirror_axes: Vec::new(),
+        }
+    }
+}
+
+/// Inference failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SegmentError {
+    /// libtorch failed (out of memory, a model that does not fit the input…).
+    #[error("inference failed: {0}")]
+    Torch(#[from] tch::TchError),
+    /// The model's output does not have the announced shape.
+    #[error("the model returned shape {got:?}, expected {want:?}")]
+    Shape {
+        /// What came back.
+        got: Vec<i64>,
+        /// What was expected.
+        want: Vec<i64>,
+    },
+}
+
+impl SegmentError {
+    /// Whether this is the GPU running out of memory (GPU_OOM rather than PIPELINE_ERROR).
+    pub fn is_out_of_memory(&self) -> bool {
+        let text = self.to_string();
+        text.contains("out of memory") || text.contains("CUDA error: out of memory")
+    }
+}
+
+/// Patch start positions along one axis: evenly spread, first at 0, last at `size - patch`,
+/// no further apart than `step × patch`.
+pub fn steps(size: i64, patch: i64, step: f64) -> Vec<i64> {
+    if size <= patch {
+        return vec![0];
+    }
+    let stride = (patch as f64 * step).max(1.0);
+    let n = ((size - patch) as f64 / stride).ceil() as i64 + 1;
+    let span = (size - patch) as f64;
+    (0..n)
+        .map(|i| (span * i as f64 / (n - 1) as f64).round() as i64)
+        .collect()
+}
+
+/// The Gaussian importance map of a patch: σ = patch / 8 per axis, maximum 1, and no zeros
+/// (they would divide by zero where only patch corners cover a voxel).
+pub fn gaussian_importance(patch: [i64; 3], device: Device) -> Tensor {
+    let axis = |n: i64| {
+        let c = (n as f64 - 1.0) / 2.0;
+        let sigma = n as f64 / 8.0;
+        let v: Vec<f32> = (0..n)
+            .map(|i| (-((i as f64 - c).powi(2)) / (2.0 * sigma * sigma)).exp() as f32)
+            .collect();
+        Tensor::from_slice(&v)
+    };
+    let g = axis(patch[0]).view([-1, 1, 1])
+        * axis(patch[1]).view([1, -1, 1])
+        * axis(patch[2]).view([1, 1, -1]);
+    let g = &g / g.max();
+    let min_nonzero = g.min().double_value(&[]).max(1e-8);
+    g.clamp_min(min_nonzero).to_device(device)
+}
+
+/// Class probabilities (C, I, J, K) of a normalised image (I, J, K).
+pub fn predict(
+    model: &CModule,
+    image: &Tensor,
+    num_classes: i64,
+    window: &SlidingWindow,
+    device: Device,
+) -> Result<Tensor, SegmentError> {
+    let _no_grad = tch::no_grad_guard();
+    let size = image.size();
+    let p = window.patch;
+    // Pad up to one patch where the image is smaller; cropped again at the end.
+    let pad: Vec<i64> = (0..3)
+        .rev()
+        .flat_map(|a| [0, (p[a] - size[a]).max(0)])
+        .collect();
+    let padded = if pad.iter().any(|&x| x > 0) {
+        image.f_constant_pad_nd(pad.as_slice())?
+    } else {
+        image.shallow_clone()
+    };
+    let ps = padded.size();
+    let padded = padded.to_device(device).to_kind(Kind::Float);
+    let importance = gaussian_importance(p, device);
+    let mut acc = Tensor::f_zeros([num_classes, ps[0], ps[1], ps[2]], (Kind::Float, device))?;
+    let weight = Tensor::f_zeros([ps[0], ps[1], ps[2]], (Kind::Float, device))?;
+    let mut starts = Vec::new();
+    for i in steps(ps[0], p[0], window.step) {
+        for j in steps(ps[1], p[1], window.step) {
+            for k in steps(ps[2], p[2], window.step) {
+                starts.push([i, j, k]);
+            }
+        }
+    }
+    for chunk in starts.chunks(window.batch.max(1)) {
+        let patches: Vec<Tensor> = chunk
+            .iter()
+            .map(|s| {
+                padded
+                    .narrow(0, s[0], p[0])
+                    .narrow(1, s[1], p[1])
+                    .narrow(2, s[2], p[2])
+                    .unsqueeze(0)
+            })
+            .collect();
+        let input = Tensor::f_stack(&patches, 0)?;
+        let probs = forward_tta(model, &input, num_classes, &window.mirror_axes, device)?;
+        for (b, s) in chunk.iter().enumerate() {
+            let weighted = probs.get(b as i64) * &importance;
+            let mut dst = acc
+                .narrow(1, s[0], p[0])
+                .narrow(2, s[1], p[1])
+                .narrow(3, s[2], p[2]);
+            dst += weighted;
+            let mut w = weight
+                .narrow(0, s[0], p[0])
+                .narrow(1, s[1], p[1])
+                .narrow(2, s[2], p[2]);
+            w += &importance;
+        }
+    }
+    acc /= weight.unsqueeze(0);
+    Ok(acc
+        .narrow(1, 0, size[0])
+        .narrow(2, 0, size[1])
+        .narrow(3, 0, size[2])
+        .contiguous())
+}
+
+/// Softmax of one batch, averaged over the mirrored copies (TTA) when asked.
+fn forward_tta(
+    model: &CModule,
+    input: &Tensor,
+    num_classes: i64,
+    mirror_axes: &[i64],
+    device: Device,
+) -> Result<Tensor, SegmentError> {
+    let run = |x: &Tensor| -> Result<Tensor, SegmentError> {
+        let out = if device.is_cuda() {
+            tch::autocast(true, || model.forward_ts(&[x]))?
+        } else {
+            model.forward_ts(&[x])?
+        };
+        let want = [
+            x.size()[0],
+            num_classes,
+            x.size()[2],
+            x.size()[3],
+            x.size()[4],
+        ];
+        if out.size() != want {
+            return Err(SegmentError::Shape {
+                got: out.size(),
+                want: want.to_vec(),
+            });
+        }
+        Ok(out.to_kind(Kind::Float).softmax(1, Kind::Float))
+    };
+    let mut sum = run(input)?;
+    // Every non-empty subset of the mirror axes, as nnU-Net does.
+    let axes: Vec<i64> = mirror_axes.iter().map(|a| a + 2).collect();
+    let mut count = 1.0;
+    for mask in 1..(1u32 << axes.len()) {
+        let dims: Vec<i64> = axes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, a)| *a)
+            .collect();
+        sum += run(&input.flip(dims.as_slice()))?.flip(dims.as_slice());
+        count += 1.0;
+    }
+    Ok(sum / count)
+}
+
+/// z-score normalisation over the whole volume.
+pub fn zscore(image: &Tensor) -> Tensor {
+    let mean = image.mean(Kind::Float);
+    let std = image.std(true).clamp_min(1e-8);
+    (image - mean) / std
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_cover_the_axis_with_half_overlap() {
+        assert_eq!(steps(64, 64, 0.5), vec![0]);
+        assert_eq!(steps(40, 64, 0.5), vec![0]);
+        assert_eq!(steps(100, 64, 0.5), vec![0, 36]);
+        let s = steps(200, 64, 0.5);
+        assert_eq!((s[0], *s.last().unwrap()), (0, 136));
+        assert!(s.windows(2).all(|w| w[1] - w[0] <= 32));
+    }
+
+    #[test]
+    fn importance_peaks_in_the_middle_and_has_no_zeros() {
+        let g = gaussian_importance([16, 16, 8], Device::Cpu);
+        assert_eq!(g.size(), vec![16, 16, 8]);
+        assert!((g.max().double_value(&[]) - 1.0).abs() < 1e-6);
+        assert!(g.min().double_value(&[]) > 0.0);
+        assert!(g.double_value(&[8, 8, 4]) > g.double_value(&[0, 0, 0]));
+    }
+}
