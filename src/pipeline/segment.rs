@@ -217,7 +217,8 @@ mod tests {
     fn steps_cover_the_axis_with_half_overlap() {
         assert_eq!(steps(64, 64, 0.5), vec![0]);
         assert_eq!(steps(40, 64, 0.5), vec![0]);
-        assert_eq!(steps(100, 64, 0.5), vec![0, 36]);
+        // As nnU-Net: ceil((100 - 64) / 32) + 1 = 3 positions.
+        assert_eq!(steps(100, 64, 0.5), vec![0, 18, 36]);
         let s = steps(200, 64, 0.5);
         assert_eq!((s[0], *s.last().unwrap()), (0, 136));
         assert!(s.windows(2).all(|w| w[1] - w[0] <= 32));
