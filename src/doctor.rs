@@ -218,14 +218,9 @@ fn check_port(r: &mut Report, name: &'static str, bind: &str, port: u16) {
 }
 
 fn check_models(r: &mut Report, registry: &Path) {
-    if registry.is_file() {
-        r.add(
-            "models",
-            Level::Ok,
-            format!("registry {}", registry.display()),
-        );
-    } else {
-        r.add(
+    use crate::pipeline::models::Registry;
+    if !registry.is_file() {
+        return r.add(
             "models",
             Level::Warn,
             format!(
@@ -233,5 +228,36 @@ fn check_models(r: &mut Report, registry: &Path) {
                 registry.display()
             ),
         );
+    }
+    let reg = match Registry::load(registry) {
+        Ok(reg) => reg,
+        Err(e) => return r.add("models", Level::Warn, e.to_string()),
+    };
+    let checks = reg.check_all();
+    if checks.is_empty() {
+        r.add(
+            "models",
+            Level::Warn,
+            format!("{} lists no models", registry.display()),
+        );
+    }
+    for (name, check) in checks {
+        let default = if reg.default_model() == Some(name.as_str()) {
+            ", default"
+        } else {
+            ""
+        };
+        match check {
+            Ok(spec) => r.add(
+                "models",
+                Level::Ok,
+                format!(
+                    "{name} v{} ({:?}{default})",
+                    spec.manifest.version, spec.manifest.kind
+                ),
+            ),
+            // A missing model only fails the jobs that ask for it.
+            Err(e) => r.add("models", Level::Warn, format!("{e}{default}")),
+        }
     }
 }

@@ -79,8 +79,8 @@ enum Command {
     Worker(Pending),
     /// (not available yet) Run only the web portal.
     Portal(Pending),
-    /// (not available yet) Process one input file or series from the command line.
-    Run(Pending),
+    /// Segment one NIfTI / NRRD file or DICOM folder and write the label volume.
+    Run(RunArgs),
     /// (not available yet) Internal: run one job in a child process.
     RunJob(Pending),
     /// (not available yet) Manage portal users.
@@ -108,6 +108,25 @@ enum Command {
 struct Pending {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     args: Vec<String>,
+}
+
+/// Options of `kneenode run`.
+#[derive(Args)]
+struct RunArgs {
+    /// A NIfTI (.nii, .nii.gz) or NRRD file, or a folder holding one DICOM series.
+    input: PathBuf,
+    /// Output folder (created).
+    #[arg(long)]
+    out: PathBuf,
+    /// Segmentation model from the registry (default: the registry's default).
+    #[arg(long)]
+    model: Option<String>,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Mirroring test-time augmentation (slower, sometimes better).
+    #[arg(long)]
+    tta: bool,
 }
 
 /// Options of `kneenode phantom`.
@@ -231,7 +250,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Worker(_) => pending("worker"),
         Command::Portal(_) => pending("portal"),
-        Command::Run(_) => pending("run"),
+        Command::Run(args) => {
+            let cfg = config()?;
+            run_pipeline(&cfg, args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::RunJob(_) => pending("run-job"),
         Command::User(_) => pending("user"),
         Command::Echo { peer } => {
@@ -262,6 +285,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints each stage as it starts, with the time since the start.
+struct StderrProgress(std::time::Instant);
+
+impl kneenode::pipeline::run::Progress for StderrProgress {
+    fn step(&mut self, step: usize, total: usize, name: &str) {
+        eprintln!(
+            "[{step}/{total}] {name} ({:.1} s)",
+            self.0.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn run_pipeline(cfg: &Config, args: &RunArgs) -> anyhow::Result<()> {
+    use kneenode::pipeline::models::Registry;
+    use kneenode::pipeline::run::{run, RunOptions};
+    let registry = Registry::load(&cfg.models.registry)?;
+    let device = kneenode::device::select(&args.device)?;
+    let options = RunOptions {
+        model: args.model.clone(),
+        device,
+        tta: args.tta,
+    };
+    let mut progress = StderrProgress(std::time::Instant::now());
+    let out = run(&args.input, &args.out, &registry, &options, &mut progress)?;
+    let total: f64 = out.timings.iter().map(|(_, s)| s).sum();
+    eprintln!(
+        "done in {total:.1} s on {} with model {} v{}",
+        kneenode::device::name(device),
+        out.model.0,
+        out.model.1
+    );
+    for f in &out.files {
+        println!("{}", f.display());
+    }
+    Ok(())
 }
 
 fn write_phantom(args: &PhantomArgs) -> anyhow::Result<()> {

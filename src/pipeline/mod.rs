@@ -5,6 +5,8 @@
 
 pub mod models;
 pub mod options;
+pub mod postprocess;
+pub mod run;
 pub mod segment;
 
 pub use options::{JobOptions, NsmType, OptionsError};

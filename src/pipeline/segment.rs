@@ -233,3 +233,137 @@ mod tests {
         assert!(g.double_value(&[8, 8, 4]) > g.double_value(&[0, 0, 0]));
     }
 }
+
+/// Failures of [`segment_volume`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SegmentVolumeError {
+    /// The model cannot be used (MODEL_ERROR).
+    #[error(transparent)]
+    Model(#[from] super::models::ModelError),
+    /// Inference failed (PIPELINE_ERROR, or GPU_OOM).
+    #[error(transparent)]
+    Inference(#[from] SegmentError),
+    /// The volume could not be brought to the model's grid.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
+}
+
+/// Loads a model's TorchScript weights onto `device`.
+pub fn load_model(
+    spec: &super::models::ModelSpec,
+    device: Device,
+) -> Result<CModule, super::models::ModelError> {
+    let name = spec.manifest.name.clone();
+    let path = spec
+        .weights_path()
+        .ok_or_else(|| super::models::ModelError::Weights {
+            name: name.clone(),
+            path: spec.dir.clone(),
+            reason: "the manifest names no file".into(),
+        })?;
+    let mut model =
+        CModule::load_on_device(&path, device).map_err(|e| super::models::ModelError::Weights {
+            name,
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    model.set_eval();
+    Ok(model)
+}
+
+/// A volume's voxels as an (I, J, K) tensor (the volume stores i fastest).
+fn to_tensor(v: &crate::volume::Volume<f32>) -> Tensor {
+    let [nx, ny, nz] = v.dims();
+    Tensor::from_slice(v.data())
+        .view([nz as i64, ny as i64, nx as i64])
+        .permute([2, 1, 0])
+        .contiguous()
+}
+
+/// An (I, J, K) tensor back to i-fastest voxels.
+fn from_tensor(t: &Tensor) -> Result<Vec<f32>, tch::TchError> {
+    Vec::<f32>::try_from(
+        t.to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .permute([2, 1, 0])
+            .contiguous()
+            .view([-1]),
+    )
+}
+
+/// Segments `image` with a `patch3d` model: reorient to the model's orientation, resample to its
+/// spacing, normalise, infer, resample the class probabilities back to the (reoriented) source
+/// grid, take the argmax and return labels on exactly the source grid.
+pub fn segment_volume(
+    image: &crate::volume::Volume<f32>,
+    spec: &super::models::ModelSpec,
+    model: &CModule,
+    device: Device,
+    tta: bool,
+) -> Result<crate::volume::Volume<u8>, SegmentVolumeError> {
+    use crate::volume::{orientation_code, reorient_to, resample_linear, Geometry, Volume};
+    let m = &spec.manifest;
+    let (Some(orientation), Some(spacing), Some(patch), Some(classes)) = (
+        m.orientation.as_deref(),
+        m.spacing,
+        m.patch_size,
+        m.num_classes,
+    ) else {
+        return Err(super::models::ModelError::KindNotAvailable {
+            name: m.name.clone(),
+            kind: m.kind.clone(),
+        }
+        .into());
+    };
+    let canon = reorient_to(image, orientation)?;
+    let g = *canon.geometry();
+    let dims = canon.dims();
+    let target_dims: [usize; 3] = std::array::from_fn(|a| {
+        ((dims[a] as f64 * g.spacing[a] / spacing[a]).round() as usize).max(1)
+    });
+    let target = Geometry { spacing, ..g };
+    let resampled = resample_linear(&canon, &target, target_dims)?;
+    let input = zscore(&to_tensor(&resampled));
+    let mut window = SlidingWindow::new(patch.map(|p| p as i64));
+    if tta {
+        window.mirror_axes = m.mirror_axes.iter().map(|&a| a as i64).collect();
+    }
+    let probs = predict(model, &input, classes as i64, &window, device)?;
+    drop(input);
+    // Back on the source grid: resample each class's probability, keep the most probable class.
+    let n = dims.iter().product();
+    let mut best = vec![f32::MIN; n];
+    let mut labels = vec![0u8; n];
+    for c in 0..classes {
+        let channel = from_tensor(&probs.get(c as i64)).map_err(SegmentError::from)?;
+        let on_model_grid = Volume::from_vec(target_dims, channel, target)?;
+        let back = resample_linear(&on_model_grid, &g, dims)?;
+        for (&p, (b, l)) in back
+            .data()
+            .iter()
+            .zip(best.iter_mut().zip(labels.iter_mut()))
+        {
+            if p > *b {
+                *b = p;
+                *l = c as u8;
+            }
+        }
+    }
+    drop(probs);
+    let canon_labels = Volume::from_vec(dims, labels, g)?;
+    let mut out = reorient_to(&canon_labels, &orientation_code(image.geometry()))?;
+    if out.dims() != image.dims() {
+        return Err(crate::volume::VolumeError::Invalid {
+            reason: format!(
+                "labels came back as {:?}, the image is {:?}",
+                out.dims(),
+                image.dims()
+            ),
+        }
+        .into());
+    }
+    // The permutation is exact; pin the geometry to the source's bit for bit.
+    out.set_geometry(*image.geometry());
+    Ok(out)
+}

@@ -156,7 +156,7 @@ fn config_check_names_the_file_and_key_of_a_bad_value() {
 #[test]
 fn verbs_of_later_versions_say_so_and_fail() {
     let dir = tempfile::tempdir().unwrap();
-    for verb in ["worker", "run"] {
+    for verb in ["worker", "portal"] {
         let out = kneenode(dir.path()).arg(verb).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{verb}");
         assert!(

@@ -1,0 +1,141 @@
+//! One pipeline run, from an input file or DICOM folder to the output folder, reporting progress
+//! per stage. Used by `kneenode run` now and by the worker's child process later.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tch::Device;
+
+use super::models::Registry;
+use super::postprocess::{fill_bone_holes, keep_largest_components};
+use super::segment::{load_model, segment_volume, SegmentVolumeError};
+use crate::volume::{self, Volume, VolumeError};
+
+/// Receives progress: stage `step` of `total`, named.
+pub trait Progress {
+    /// A stage begins.
+    fn step(&mut self, step: usize, total: usize, name: &str);
+}
+
+/// Progress that goes nowhere.
+impl Progress for () {
+    fn step(&mut self, _: usize, _: usize, _: &str) {}
+}
+
+/// What a run needs besides its input.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Registry model name; `None` = the registry default.
+    pub model: Option<String>,
+    /// Device to run on.
+    pub device: Device,
+    /// Mirroring test-time augmentation.
+    pub tta: bool,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// The labels, on the input's grid.
+    pub labels: Volume<u8>,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+    /// Seconds per stage.
+    pub timings: Vec<(String, f64)>,
+    /// Model name and version.
+    pub model: (String, String),
+}
+
+/// Run failures, each mapping to one user-facing error code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The input is missing (FILE_NOT_FOUND), unreadable (INVALID_FORMAT) or an inconsistent
+    /// DICOM series (DICOM_ERROR).
+    #[error(transparent)]
+    Input(VolumeError),
+    /// The model or inference failed (MODEL_ERROR, GPU_OOM, PIPELINE_ERROR).
+    #[error(transparent)]
+    Segment(#[from] SegmentVolumeError),
+    /// Outputs could not be written.
+    #[error("writing results: {0}")]
+    Output(VolumeError),
+}
+
+/// The name outputs are prefixed with: the input's file name without `.nii.gz`, `.nii`,
+/// `.nrrd` or `.dcm`.
+pub fn prefix_of(input: &Path) -> String {
+    let name = input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into());
+    for ext in [".nii.gz", ".nii", ".nrrd", ".dcm"] {
+        if let Some(stem) = name.strip_suffix(ext) {
+            return stem.to_owned();
+        }
+    }
+    name
+}
+
+/// Reads an image: a DICOM folder, or a NIfTI / NRRD file.
+pub fn load_input(input: &Path) -> Result<Volume<f32>, VolumeError> {
+    if input.is_dir() {
+        volume::read_dicom_dir(input)
+    } else {
+        volume::read_image(input)
+    }
+}
+
+/// Segments `input` and writes `{prefix}_all-labels.nii.gz` and `.nrrd` into `out`.
+pub fn run(
+    input: &Path,
+    out: &Path,
+    registry: &Registry,
+    options: &RunOptions,
+    progress: &mut dyn Progress,
+) -> Result<RunOutput, RunError> {
+    const STEPS: usize = 4;
+    let mut timings = Vec::new();
+    let mut clock = Instant::now();
+    let mut lap = |name: &str, timings: &mut Vec<(String, f64)>| {
+        timings.push((name.to_owned(), clock.elapsed().as_secs_f64()));
+        clock = Instant::now();
+    };
+    progress.step(1, STEPS, "loading");
+    let image = load_input(input).map_err(RunError::Input)?;
+    let spec = registry
+        .spec(options.model.as_deref())
+        .map_err(SegmentVolumeError::from)?;
+    let model = load_model(&spec, options.device).map_err(SegmentVolumeError::from)?;
+    lap("loading", &mut timings);
+
+    progress.step(2, STEPS, "segmentation");
+    let mut labels = segment_volume(&image, &spec, &model, options.device, options.tta)?;
+    drop(model);
+    lap("segmentation", &mut timings);
+
+    progress.step(3, STEPS, "post-processing");
+    keep_largest_components(&mut labels);
+    fill_bone_holes(&mut labels);
+    lap("post-processing", &mut timings);
+
+    progress.step(4, STEPS, "writing results");
+    std::fs::create_dir_all(out).map_err(|error| {
+        RunError::Output(VolumeError::Io {
+            path: out.to_owned(),
+            error,
+        })
+    })?;
+    let prefix = prefix_of(input);
+    let nii = out.join(format!("{prefix}_all-labels.nii.gz"));
+    let nrrd = out.join(format!("{prefix}_all-labels.nrrd"));
+    volume::write_nifti(&nii, &labels).map_err(RunError::Output)?;
+    volume::write_nrrd(&nrrd, &labels).map_err(RunError::Output)?;
+    lap("writing results", &mut timings);
+    Ok(RunOutput {
+        labels,
+        files: vec![nii, nrrd],
+        timings,
+        model: (spec.manifest.name.clone(), spec.manifest.version.clone()),
+    })
+}
