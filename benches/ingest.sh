@@ -24,6 +24,13 @@
 # References are installed when missing: dcmtk and orthanc from apt, dicom-storescp with
 # `cargo install` into the cache folder. One that cannot be installed is skipped with a message.
 # Every process the script starts is stopped on exit.
+#
+# Receivers: kneenode = `target/release/kneenode scp` (or $KNEENODE_BIN) on the default SQLite,
+# bound to 127.0.0.1; dcmtk `storescp --fork`; dicom-rs `dicom-storescp --non-blocking`; Orthanc
+# (Debian package, run directly with a JSON config from a temp dir; DicomThreadsCount 8 so that
+# all 8 associations are served at once, SyncStorageArea on). storescp, dicom-storescp and
+# Orthanc 1.10 have no bind-address option and listen on all interfaces; every transfer goes over
+# 127.0.0.1. Only kneenode and Orthanc fsync before answering.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,7 +42,7 @@ BUILD=0
 WORK_PARENT="${TMPDIR:-/tmp}"
 DICOM_STORESCP_VERSION=0.10.1
 
-usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
