@@ -111,11 +111,12 @@ def phantom_dir(cache: Path, seed: int, left: bool, cartilage_mm: float | None) 
 
 
 def zscore(image: np.ndarray) -> np.ndarray:
-    """z-score over the whole volume: mean and std of all voxels (nnU-Net's MR scheme without
-    its foreground mask). The Rust side must do exactly this (manifest `normalization`)."""
+    """z-score over the whole volume: mean and standard deviation of all voxels, the std with
+    Bessel's correction (n − 1), as the Rust side computes it (`Tensor::std(true)`); no
+    foreground mask, no clipping. Must match the manifest's `normalization` comment."""
     x = image.astype(np.float32)
     mean = float(x.mean(dtype=np.float64))
-    std = float(x.std(dtype=np.float64))
+    std = float(x.std(dtype=np.float64, ddof=1))
     return (x - mean) / max(std, 1e-8)
 
 
@@ -170,17 +171,14 @@ def sliding_window(
 ) -> torch.Tensor:
     """Softmax probabilities (C, I, J, K) of a z-scored volume by Gaussian-weighted sliding window.
 
-    A volume smaller than the patch along an axis is zero-padded (symmetrically, as nnU-Net
-    pads, with value 0, which is the volume mean after z-scoring) and cropped back.
+    A volume smaller than the patch along an axis is zero-padded at its end (0 is the volume
+    mean after z-scoring) and cropped back, as kneenode's `pipeline::segment::predict` does.
     """
     x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
     shape = x.shape
     pads = [max(0, p - s) for p, s in zip(patch, shape)]
-    lo = [p // 2 for p in pads]
     if any(pads):
-        x = torch.nn.functional.pad(
-            x, (lo[2], pads[2] - lo[2], lo[1], pads[1] - lo[1], lo[0], pads[0] - lo[0])
-        )
+        x = torch.nn.functional.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
     size = x.shape
     weight = gaussian_importance(patch)
     acc = torch.zeros((num_classes, *size), dtype=torch.float32)
@@ -202,8 +200,7 @@ def sliding_window(
             acc[(slice(None), *sl)] += p * weight
             norm[sl] += weight
     acc /= norm
-    crop = tuple(slice(l, l + s) for l, s in zip(lo, shape))
-    return acc[(slice(None), *crop)]
+    return acc[:, : shape[0], : shape[1], : shape[2]]
 
 
 def default_kneenode() -> Path:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_common import (  # noqa: E402
@@ -44,62 +43,73 @@ REPO = Path(__file__).resolve().parent.parent
 SHORT = ["bg", "PatC", "FemC", "MTibC", "LTibC", "MMen", "LMen", "Femur", "Tibia", "Patella"]
 
 
-def components(mask: torch.Tensor) -> torch.Tensor:
-    """6-connected component ids of a boolean (I, J, K) mask (0 outside), by propagating the
-    largest voxel id through the mask with 3×3×3-cross max pooling until nothing changes.
-    Plain torch, so the evaluation needs no scipy; fast enough for the few components here."""
-    ids = torch.arange(1, mask.numel() + 1, dtype=torch.float64).reshape(mask.shape)
-    ids = torch.where(mask, ids, torch.zeros_like(ids))[None, None]
-    m = mask[None, None]
+def components(mask: np.ndarray) -> np.ndarray:
+    """6-connected component ids of a boolean (I, J, K) mask (−1 outside), by a vectorised
+    union-find: hook each edge's larger root onto the smaller, then pointer-jump until the
+    roots settle. Plain numpy, so the evaluation needs no scipy."""
+    flat = mask.ravel()
+    ids = np.full(mask.shape, -1, dtype=np.int64)
+    n = int(flat.sum())
+    ids.ravel()[flat] = np.arange(n)
+    a_list, b_list = [], []
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        both = mask[tuple(lo)] & mask[tuple(hi)]
+        a_list.append(ids[tuple(lo)][both])
+        b_list.append(ids[tuple(hi)][both])
+    ea, eb = np.concatenate(a_list), np.concatenate(b_list)
+    parent = np.arange(n)
     while True:
-        # Cross-shaped neighbourhood = max over the three 1-D pools.
-        nb = torch.maximum(
-            torch.maximum(
-                F.max_pool3d(ids, (3, 1, 1), 1, (1, 0, 0)),
-                F.max_pool3d(ids, (1, 3, 1), 1, (0, 1, 0)),
-            ),
-            F.max_pool3d(ids, (1, 1, 3), 1, (0, 0, 1)),
-        )
-        new = torch.where(m, nb, ids)
-        if torch.equal(new, ids):
-            return ids[0, 0]
-        ids = new
+        ra, rb = parent[ea], parent[eb]
+        diff = ra != rb
+        if not diff.any():
+            break
+        ea, eb, ra, rb = ea[diff], eb[diff], ra[diff], rb[diff]
+        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+    out = np.full(mask.shape, -1, dtype=np.int64)
+    out.ravel()[flat] = parent
+    return out
 
 
-def largest_component(mask: torch.Tensor) -> torch.Tensor:
+def largest_component(mask: np.ndarray) -> np.ndarray:
     ids = components(mask)
-    vals, counts = torch.unique(ids[mask], return_counts=True)
-    if len(vals) <= 1:
+    roots, counts = np.unique(ids[mask], return_counts=True)
+    if len(roots) <= 1:
         return mask
-    return ids == vals[counts.argmax()]
+    return ids == roots[counts.argmax()]
 
 
-def fill_holes(mask: torch.Tensor) -> torch.Tensor:
+def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Background not connected to the volume border becomes foreground."""
     bg = ~mask
     ids = components(bg)
-    border = torch.zeros_like(mask)
-    border[0], border[-1], border[:, 0], border[:, -1], border[:, :, 0], border[:, :, -1] = (True,) * 6
-    outside = torch.unique(ids[border & bg])
-    return mask | (bg & ~torch.isin(ids, outside))
+    border = np.zeros_like(mask)
+    border[[0, -1]] = border[:, [0, -1]] = border[:, :, [0, -1]] = True
+    outside = np.unique(ids[border & bg])
+    return mask | (bg & ~np.isin(ids, outside))
 
 
 def postprocess(seg: np.ndarray) -> np.ndarray:
     """Largest connected component per label (the rest becomes background), then hole filling
     in the bones, in that order, as DOMAIN.md describes the pipeline's post-processing."""
-    s = torch.from_numpy(seg)
-    out = torch.zeros_like(s)
+    out = np.zeros_like(seg)
     for lab in range(1, len(LABELS)):
-        mask = s == lab
+        mask = seg == lab
         if mask.any():
             out[largest_component(mask)] = lab
     for lab in BONES:
         mask = out == lab
         if mask.any():
-            filled = fill_holes(mask)
-            # Only fill voxels nobody else claims.
-            out[filled & (out == 0)] = lab
-    return out.numpy()
+            # Only fill voxels no other label claims.
+            out[fill_holes(mask) & (out == 0)] = lab
+    return out
 
 
 def main() -> None:
@@ -120,7 +130,7 @@ def main() -> None:
     manifest = tomllib.loads((args.model_dir / "manifest.toml").read_text())
     assert manifest["normalization"] == "zscore" and manifest["orientation"] == "PIR"
     patch = tuple(manifest["patch_size"])
-    step = float(manifest.get("sliding_window_step", 0.5))
+    step = 0.5  # DOMAIN.md: half-patch overlap (the Gaussian σ = patch / 8 is in demo_common)
     model = torch.jit.load(str(args.model_dir / manifest["file"]), map_location="cpu").eval()
     print(f"model {manifest['name']} v{manifest['version']}: patch {patch}, spacing {manifest['spacing']}, "
           f"{sum(p.numel() for p in model.parameters())} parameters, {args.threads} threads", flush=True)

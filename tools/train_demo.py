@@ -117,16 +117,30 @@ class UNet3D(nn.Module):
                 nn.Sequential(ConvBlock(2 * channels[s - 1], channels[s - 1]), ConvBlock(channels[s - 1], channels[s - 1]))
             )
         self.head = nn.Conv3d(channels[0], num_classes, 1)
+        # Deep supervision (training only): a 1×1×1 head on each decoder stage but the last and
+        # the bottom, so the coarse stages get a direct gradient early in training.
+        self.aux_heads = nn.ModuleList(nn.Conv3d(channels[s], num_classes, 1) for s in range(len(channels) - 2, 0, -1))
+        self.strides = strides
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_all(x, aux=False)[-1]
+
+    def forward_all(self, x: torch.Tensor, aux: bool = True) -> list[torch.Tensor]:
+        """Logits of every decoder stage, coarsest first (only the last, the network's output,
+        unless `aux`)."""
         skips = []
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
         x = skips[-1]
+        outs = []
+        n_dec = len(self.decoder)
         for n, (up, dec) in enumerate(zip(self.upsample, self.decoder)):
             x = dec(torch.cat([up(x), skips[-2 - n]], dim=1))
-        return self.head(x)
+            if aux and n < n_dec - 1:
+                outs.append(self.aux_heads[n](x))
+        outs.append(self.head(x))
+        return outs
 
 
 # --------------------------------------------------------------------------------------
@@ -213,6 +227,20 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ce + (1 - dice[1:].mean())
 
 
+def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Dice + CE on every decoder stage against the labels subsampled to its grid (nearest
+    neighbour: every n-th voxel, which for a strided-conv encoder is where the coarse voxel
+    sits), weighted 1, ½, ¼, … from the finest stage and normalised, as nnU-Net does."""
+    total, weights = 0.0, 0.0
+    for depth, logits in enumerate(reversed(outputs)):
+        w = 0.5**depth
+        step = [t // l for t, l in zip(target.shape[1:], logits.shape[2:])]
+        t = target[:, :: step[0], :: step[1], :: step[2]]
+        total = total + w * dice_ce_loss(logits, t)
+        weights += w
+    return total / weights
+
+
 # --------------------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------------------
@@ -221,6 +249,8 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def export(model: nn.Module, out_dir: Path, patch, spacing, plan, args) -> Path:
     """Traces the model to TorchScript and writes it with its manifest."""
     model.eval()
+    # The deep-supervision heads only serve training; drop them so the file holds only what runs.
+    model.aux_heads = nn.ModuleList()
     for p in model.parameters():
         p.requires_grad_(False)
     example = torch.zeros(1, 1, *patch)
@@ -259,14 +289,13 @@ num_classes = {NUM_CLASSES}
 spacing = [{", ".join(f"{s:g}" for s in spacing)}]   # mm, along i, j, k of `orientation`
 orientation = "PIR"      # i → posterior, j → inferior, k → patient's right (sagittal)
 patch_size = [{", ".join(str(p) for p in patch)}]
-# z-score over the whole volume: (x − mean) / std with the mean and (population) standard
-# deviation of all voxels of the resampled volume, no foreground mask, no clipping.
+# z-score over the whole volume: (x − mean) / std, mean and standard deviation (with n − 1)
+# of all voxels of the reoriented, resampled volume; no foreground mask, no clipping.
 normalization = "zscore"
 # No mirroring TTA: flipping i or j is not anatomy, and flipping k turns the knee's medial side
 # into its lateral one (labels 3↔4 and 5↔6 would have to be swapped).
+# Sliding window as DOMAIN.md says: step 0.5 of the patch, Gaussian importance σ = patch / 8.
 mirror_axes = []
-sliding_window_step = 0.5
-gaussian_sigma_scale = 0.125
 trained_on = "kneenode phantoms, seeds {seeds[0]}–{seeds[-1]} ({n_left} left knees), cartilage {min(thick):g}–{max(thick):g} mm, 192×192×80 at 0.75×0.75×1.5 mm, {args.steps} steps of {args.batch} patches; held out: seeds 1001–1005"
 
 [labels]
@@ -293,6 +322,8 @@ def main() -> None:
     ap.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32, 64, 64])
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--fg-prob", type=float, default=0.67, help="share of patches centred on a tissue")
+    ap.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (results are reproducible for a given count)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", type=Path, default=None, help="also save the state_dict here")
@@ -319,7 +350,10 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"UNet3D channels {args.channels}: {n_params} parameters", flush=True)
     sampler = PatchSampler(volumes, args.patch, args.fg_prob, rng)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-5)
+    if args.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-5)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.99, nesterov=True, weight_decay=3e-5)
     warmup = max(1, args.steps // 25)
 
     def lr_at(step: int) -> float:
@@ -336,7 +370,10 @@ def main() -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         x, y = sampler.batch(args.batch)
-        loss = dice_ce_loss(model(x), y)
+        if args.deep_supervision:
+            loss = deep_supervision_loss(model.forward_all(x), y)
+        else:
+            loss = dice_ce_loss(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
