@@ -69,15 +69,11 @@ fn serve_starts_with_no_configuration_and_exits_0_on_sigterm() {
 fn migrate_and_doctor_on_postgres() {
     let scratch = kneenode::db::ScratchDb::postgres(&pg_base_url()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let out = kneenode(dir.path())
-        .args(["--database-url", &scratch.url, "migrate"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = crate::common::run_ok(kneenode(dir.path()).args([
+        "--database-url",
+        &scratch.url,
+        "migrate",
+    ]));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("1 migration(s) applied"));
 
     let out = kneenode(dir.path())
@@ -169,14 +165,8 @@ fn verbs_of_later_versions_say_so_and_fail() {
 #[test]
 fn phantom_writes_a_valid_dicom_series_and_its_labels() {
     let dir = tempfile::tempdir().unwrap();
-    let out = kneenode(dir.path())
-        .args(["phantom", "--small", "--seed", "7", "--out", "p"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::common::run_ok(
+        kneenode(dir.path()).args(["phantom", "--small", "--seed", "7", "--out", "p"]),
     );
     let p = dir.path().join("p");
     let slices = std::fs::read_dir(p.join("dicom")).unwrap().count();

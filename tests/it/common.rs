@@ -19,6 +19,19 @@ pub fn fresh(backend: Backend, pool: u32) -> (ScratchDb, Db) {
     (scratch, db)
 }
 
+/// Runs a command that must succeed; on failure the assertion shows its stdout and stderr.
+pub fn run_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().expect("the command starts");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The two job-table backends.
 #[derive(Debug, Clone, Copy)]
 pub enum Backend {

@@ -196,26 +196,8 @@ fn echo_and_send_from_the_command_line() {
         c.current_dir(work.path()).arg("--config").arg(&cfg);
         c
     };
-    let out = kn()
-        .args(["echo", &format!("PACS@127.0.0.1:{port}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = kn()
-        .arg("send")
-        .args(&files)
-        .args(["--to", "pacs"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::run_ok(kn().args(["echo", &format!("PACS@127.0.0.1:{port}")]));
+    let out = crate::common::run_ok(kn().arg("send").args(&files).args(["--to", "pacs"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 instance(s) sent"));
     assert_received(&files, &work.path().join("pacs"));
     let out = kn()

@@ -120,17 +120,6 @@ pub fn mr_series(dir: &Path, n: usize, size: usize) -> Vec<PathBuf> {
     write_mr_series(&vol, &SeriesInfo::default(), dir).unwrap()
 }
 
-pub fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.env("TCP_NODELAY", "1").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 pub fn storescu(
     addr: SocketAddr,
     calling: &str,

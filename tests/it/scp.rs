@@ -76,7 +76,7 @@ fn storescu_series_in_every_transfer_syntax_is_stored_byte_for_byte() {
             .iter()
             .map(|f| {
                 let out = dir.join(f.file_name().unwrap());
-                run(Command::new(tool[0]).args(&tool[1..]).arg(f).arg(&out));
+                crate::common::run_ok(Command::new(tool[0]).args(&tool[1..]).arg(f).arg(&out));
                 out
             })
             .collect();
