@@ -120,19 +120,25 @@ class UNet3D(nn.Module):
         # Deep supervision (training only): a 1×1×1 head on each decoder stage but the last and
         # the bottom, so the coarse stages get a direct gradient early in training.
         self.aux_heads = nn.ModuleList(nn.Conv3d(channels[s], num_classes, 1) for s in range(len(channels) - 2, 0, -1))
-        self.strides = strides
+        # Laterality probe (training only): a left/right logit at every bottleneck voxel. The
+        # phantom's left knee is the exact mirror of a right one, so medial vs lateral (labels
+        # 3/4, 5/6) hinges on one global bit that only subtle asymmetries reveal; supervising
+        # that bit directly teaches the deep features to carry it far sooner than the few
+        # thousand meniscus and tibial-cartilage voxels of the segmentation loss do.
+        self.laterality_head = nn.Conv3d(channels[-1], 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_all(x, aux=False)[-1]
 
     def forward_all(self, x: torch.Tensor, aux: bool = True) -> list[torch.Tensor]:
-        """Logits of every decoder stage, coarsest first (only the last, the network's output,
-        unless `aux`)."""
+        """Logits of every decoder stage, coarsest first, then the laterality logits of the
+        bottleneck (only the full-resolution logits, the network's output, unless `aux`)."""
         skips = []
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
         x = skips[-1]
+        side = self.laterality_head(x) if aux else None
         outs = []
         n_dec = len(self.decoder)
         for n, (up, dec) in enumerate(zip(self.upsample, self.decoder)):
@@ -140,6 +146,8 @@ class UNet3D(nn.Module):
             if aux and n < n_dec - 1:
                 outs.append(self.aux_heads[n](x))
         outs.append(self.head(x))
+        if side is not None:
+            outs.append(side)
         return outs
 
 
@@ -166,8 +174,9 @@ class PatchSampler:
     otherwise anywhere; the centre is clipped so the patch stays inside the volume.
     """
 
-    def __init__(self, volumes, patch, fg_prob: float, rng: np.random.Generator):
+    def __init__(self, volumes, lefts, patch, fg_prob: float, rng: np.random.Generator):
         self.volumes = volumes  # list of (zscored float32 [I,J,K], labels uint8 [I,J,K])
+        self.lefts = lefts  # whether each volume is a left knee
         self.patch = np.array(patch)
         self.fg_prob = fg_prob
         self.rng = rng
@@ -181,7 +190,8 @@ class PatchSampler:
             swap[a] = b
         self.swap = swap
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+    def crop(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        """A random crop (views into the volume) and whether its knee is a left one."""
         v = int(self.rng.integers(len(self.volumes)))
         image, labels = self.volumes[v]
         shape = np.array(image.shape)
@@ -194,18 +204,41 @@ class PatchSampler:
             centre = self.rng.integers(0, shape)
         start = np.clip(centre - self.patch // 2, 0, shape - self.patch)
         sl = tuple(slice(s, s + p) for s, p in zip(start, self.patch))
-        x, y = image[sl], labels[sl]
-        if self.rng.random() < 0.5:
+        return image[sl], labels[sl], self.lefts[v]
+
+    def finish(self, x, y, left: bool, mirror: bool):
+        """Augments a crop; returns (image, labels, left) of the result."""
+        if mirror:
             # A right knee mirrored across the sagittal plane is a left knee, with medial and
             # lateral structures exchanging sides.
-            x, y = x[:, :, ::-1], self.swap[y[:, :, ::-1]]
+            x, y, left = x[:, :, ::-1], self.swap[y[:, :, ::-1]], not left
         # Mild global intensity jitter so the model does not lean on the exact z-score.
         x = x * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-0.1, 0.1)
-        return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
+        return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y), left
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = zip(*(self.sample() for _ in range(n)))
-        return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys)).long()
+    def batch(self, n: int, mirror_pairs: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """n patches: (images (n,1,…), labels (n,…), left-knee flags (n,)).
+
+        With `mirror_pairs` the batch holds n/2 crops each with its own mirror image: the same
+        anatomy twice with medial and lateral labels exchanged, so any feature that does not
+        tell left from right earns nothing on the medial/lateral labels, and the gradient of
+        each step points straight at what does (the shape of the menisci, the cruciates).
+        """
+        items = []
+        if mirror_pairs:
+            for _ in range(n // 2):
+                x, y, left = self.crop()
+                items += [self.finish(x, y, left, False), self.finish(x, y, left, True)]
+        else:
+            for _ in range(n):
+                x, y, left = self.crop()
+                items.append(self.finish(x, y, left, self.rng.random() < 0.5))
+        xs, ys, lefts = zip(*items)
+        return (
+            torch.from_numpy(np.stack(xs))[:, None],
+            torch.from_numpy(np.stack(ys)).long(),
+            torch.tensor(lefts, dtype=torch.float32),
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -257,6 +290,7 @@ def export(model: nn.Module, out_dir: Path, patch, spacing, plan, args) -> Path:
     model.eval()
     # The deep-supervision heads only serve training; drop them so the file holds only what runs.
     model.aux_heads = nn.ModuleList()
+    model.laterality_head = None
     for p in model.parameters():
         p.requires_grad_(False)
     example = torch.zeros(1, 1, *patch)
@@ -330,6 +364,10 @@ def main() -> None:
     ap.add_argument("--fg-prob", type=float, default=0.67, help="share of patches centred on a tissue")
     ap.add_argument("--rare-weight", type=float, default=10.0,
                     help="initial cross-entropy weight of labels 1-6 (annealed linearly to 1 over training)")
+    ap.add_argument("--laterality-weight", type=float, default=0.5, help="weight of the training-only left/right probe loss")
+    ap.add_argument("--mirror-pairs", action=argparse.BooleanOptionalAction, default=True,
+                    help="fill each batch with crops and their k-mirrors")
+    ap.add_argument("--init", type=Path, default=None, help="start from this state_dict (experiments)")
     ap.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (results are reproducible for a given count)")
@@ -355,9 +393,12 @@ def main() -> None:
     print(f"{len(volumes)} phantoms {volumes[0][0].shape} at {spacing} mm ready in {time.time() - t0:.0f} s", flush=True)
 
     model = UNet3D(tuple(args.channels))
+    if args.init:
+        # Experiments only: continue from an earlier run's weights (the probes may be new).
+        model.load_state_dict(torch.load(args.init), strict=False)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"UNet3D channels {args.channels}: {n_params} parameters", flush=True)
-    sampler = PatchSampler(volumes, args.patch, args.fg_prob, rng)
+    print(f"UNet3D channels {args.channels}: {n_params} parameters (with training-only heads)", flush=True)
+    sampler = PatchSampler(volumes, [left for _, left, _ in plan], args.patch, args.fg_prob, rng)
     if args.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-5)
     else:
@@ -377,24 +418,30 @@ def main() -> None:
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        x, y = sampler.batch(args.batch)
+        x, y, left = sampler.batch(args.batch, args.mirror_pairs)
         # Rare-class weights matter at the start (see dice_ce_loss); annealing them to 1 leaves
         # the end of training with unbiased cross-entropy, so the learned boundaries are not
         # pushed outwards into the neighbouring tissue.
         w_rare = 1 + (args.rare_weight - 1) * (1 - step / args.steps)
         class_weights = torch.tensor([1.0] + [w_rare] * 6 + [1.0] * 3)
+        outs = model.forward_all(x)
+        side = outs.pop()
         if args.deep_supervision:
-            loss = deep_supervision_loss(model.forward_all(x), y, class_weights)
+            seg_loss = deep_supervision_loss(outs, y, class_weights)
         else:
-            loss = dice_ce_loss(model(x), y, class_weights)
+            seg_loss = dice_ce_loss(outs[-1], y, class_weights)
+        side_loss = F.binary_cross_entropy_with_logits(side, left.view(-1, 1, 1, 1, 1).expand_as(side))
+        loss = seg_loss + args.laterality_weight * side_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        side_avg = side_loss.item() if step == 0 else 0.95 * side_avg + 0.05 * side_loss.item()
         if args.checkpoint and step % 100 == 99:
             torch.save(model.state_dict(), args.checkpoint)
         if step % 25 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  avg {running:.4f}  lr {lr_at(step):.2e}  {time.time() - t1:6.0f} s", flush=True)
+            print(f"step {step:5d}  loss {loss.item():.4f}  avg {running:.4f}  laterality bce avg {side_avg:.3f}  "
+                  f"lr {lr_at(step):.2e}  {time.time() - t1:6.0f} s", flush=True)
     train_s = time.time() - t1
     if args.checkpoint:
         torch.save(model.state_dict(), args.checkpoint)
