@@ -75,6 +75,8 @@ diesel::table! {
         result_size_bytes -> Nullable<BigInt>,
         error_code -> Nullable<Text>,
         error_message -> Nullable<Text>,
+        peak_rss_bytes -> Nullable<BigInt>,
+        peak_gpu_bytes -> Nullable<BigInt>,
     }
 }
 

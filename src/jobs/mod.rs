@@ -7,11 +7,13 @@
 //! never deleted here: they are the node's history and the source of its statistics.
 
 mod clock;
+mod lease;
 mod model;
 mod queue;
 mod stats;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use lease::Resources;
 pub use model::{ErrorCode, FailureKind, Job, JobFailure, JobSource, JobStatus};
 pub use queue::{
     Backoff, CancelOutcome, Enqueued, HeartbeatOutcome, NewJob, Progress, Queue, QueueError,

@@ -234,6 +234,10 @@ pub struct Job {
     pub error_code: Option<String>,
     /// The last error's message.
     pub error_message: Option<String>,
+    /// Peak resident memory of the job's process (the last attempt), bytes.
+    pub peak_rss_bytes: Option<i64>,
+    /// Peak GPU memory of the job's process on CUDA (the last attempt), bytes.
+    pub peak_gpu_bytes: Option<i64>,
 }
 
 impl Job {

@@ -527,7 +527,7 @@ impl Queue {
     }
 }
 
-type OwnedFilter<'a> = diesel::dsl::Filter<
+pub(super) type OwnedFilter<'a> = diesel::dsl::Filter<
     diesel::dsl::Filter<
         diesel::dsl::Find<jobs::table, &'a str>,
         diesel::dsl::Eq<jobs::worker_id, &'a str>,
@@ -536,7 +536,7 @@ type OwnedFilter<'a> = diesel::dsl::Filter<
 >;
 
 /// The job, but only while `worker_id` holds it.
-fn owned<'a>(job_id: &'a str, worker_id: &'a str) -> OwnedFilter<'a> {
+pub(super) fn owned<'a>(job_id: &'a str, worker_id: &'a str) -> OwnedFilter<'a> {
     jobs::table
         .find(job_id)
         .filter(jobs::worker_id.eq(worker_id))
@@ -561,7 +561,7 @@ fn cancelled_now(now: NaiveDateTime) -> CancelledSet {
     )
 }
 
-fn lease_lost(job_id: &str, worker_id: &str) -> QueueError {
+pub(super) fn lease_lost(job_id: &str, worker_id: &str) -> QueueError {
     QueueError::LeaseLost {
         job_id: job_id.to_owned(),
         worker_id: worker_id.to_owned(),
