@@ -5,7 +5,9 @@
 
 pub mod models;
 pub mod options;
+pub mod package;
 pub mod postprocess;
+pub mod preview;
 pub mod run;
 pub mod segment;
 

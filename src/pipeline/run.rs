@@ -36,6 +36,8 @@ pub struct RunOptions {
 /// What a run produced.
 #[derive(Debug)]
 pub struct RunOutput {
+    /// The input image.
+    pub image: Volume<f32>,
     /// The labels, on the input's grid.
     pub labels: Volume<u8>,
     /// Files written.
@@ -133,6 +135,7 @@ pub fn run(
     volume::write_nrrd(&nrrd, &labels).map_err(RunError::Output)?;
     lap("writing results", &mut timings);
     Ok(RunOutput {
+        image,
         labels,
         files: vec![nii, nrrd],
         timings,

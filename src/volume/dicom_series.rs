@@ -224,6 +224,11 @@ fn group_key(s: &Slice) -> (Vec<i64>, Option<i32>) {
 
 /// Reads every `.dcm` (or extension-less) file in `dir` as one series.
 pub fn read_dicom_dir(dir: &Path) -> Result<Volume<f32>, VolumeError> {
+    read_dicom_series(&dicom_files(dir)?, dir)
+}
+
+/// The files of a series folder that are read as DICOM: `.dcm` or no extension, sorted by name.
+pub fn dicom_files(dir: &Path) -> Result<Vec<PathBuf>, VolumeError> {
     let io = |error| VolumeError::Io {
         path: dir.to_owned(),
         error,
@@ -234,7 +239,7 @@ pub fn read_dicom_dir(dir: &Path) -> Result<Volume<f32>, VolumeError> {
         .filter(|p| p.is_file() && p.extension().is_none_or(|e| e.eq_ignore_ascii_case("dcm")))
         .collect();
     paths.sort();
-    read_dicom_series(&paths, dir)
+    Ok(paths)
 }
 
 /// Reads the given files as one volume; `dir` names the series in errors.

@@ -21,7 +21,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::ops::{Index, IndexMut};
 use std::path::{Path, PathBuf};
 
-pub use dicom_series::{read_dicom_dir, read_dicom_series};
+pub use dicom_series::{dicom_files, read_dicom_dir, read_dicom_series};
 pub use geometry::{orientation_code, Geometry};
 pub use nifti::{read_nifti_f32, read_nifti_labels, write_nifti};
 pub use nrrd::{read_nrrd_f32, read_nrrd_labels, write_nrrd};
