@@ -22,3 +22,4 @@ pub mod pipeline;
 pub mod storage;
 pub mod telemetry;
 pub mod volume;
+pub mod worker;

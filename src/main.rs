@@ -57,7 +57,7 @@ struct OverrideArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the node: DICOM SCP, job-lease sweeper (and, as they land, portal and workers).
+    /// Run the node: DICOM SCP, series watcher, workers, dispatcher and job-lease sweeper.
     Serve {
         /// Do not start worker supervisors in this process (run `kneenode worker` separately).
         #[arg(long)]
@@ -75,14 +75,18 @@ enum Command {
     Bench(BenchCommand),
     /// Run only the DICOM SCP (receives and stores instances; no workers).
     Scp,
-    /// (not available yet) Run one worker supervisor on one device.
-    Worker(Pending),
+    /// Run worker supervisors only (no SCP): one per device, claiming jobs from the database.
+    Worker(WorkerArgs),
     /// (not available yet) Run only the web portal.
     Portal(Pending),
     /// Segment one NIfTI / NRRD file or DICOM folder and write the label volume.
     Run(RunArgs),
-    /// (not available yet) Internal: run one job in a child process.
-    RunJob(Pending),
+    /// Internal: run one job whose folder holds job.json (the supervisor starts this).
+    RunJob {
+        /// The job's folder.
+        #[arg(long)]
+        job_dir: PathBuf,
+    },
     /// (not available yet) Manage portal users.
     User(Pending),
     /// C-ECHO a DICOM peer: `kneenode echo PACS@10.0.0.5:104`.
@@ -127,6 +131,14 @@ struct RunArgs {
     /// Mirroring test-time augmentation (slower, sometimes better).
     #[arg(long)]
     tta: bool,
+}
+
+/// Options of `kneenode worker`.
+#[derive(Args)]
+struct WorkerArgs {
+    /// Device(s) to run on (repeatable): auto, cpu, cuda, cuda:N. Default: worker.devices.
+    #[arg(long)]
+    device: Vec<String>,
 }
 
 /// Options of `kneenode phantom`.
@@ -248,14 +260,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Worker(_) => pending("worker"),
+        Command::Worker(args) => {
+            let cfg = config()?;
+            let devices = if args.device.is_empty() {
+                cfg.worker.devices.clone()
+            } else {
+                args.device.clone()
+            };
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(run_workers(cfg, devices))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Portal(_) => pending("portal"),
         Command::Run(args) => {
             let cfg = config()?;
             run_pipeline(&cfg, args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::RunJob(_) => pending("run-job"),
+        Command::RunJob { job_dir } => {
+            let code = kneenode::worker::child::run_job(job_dir);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
         Command::User(_) => pending("user"),
         Command::Echo { peer } => {
             let cfg = config()?;
@@ -441,6 +466,12 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
         .context("loading the destinations' TLS settings")?;
     let dispatcher_task = tokio::spawn(dispatcher.run(Duration::from_secs(2), stop_rx.clone()));
 
+    let workers = if services.no_workers {
+        None
+    } else {
+        Some(start_workers(&cfg, &db)?)
+    };
+
     let sweeper = services.sweeper.then(|| {
         // Leases of crashed workers expire; someone must notice even when no worker is claiming.
         let queue = Queue::new(db.clone());
@@ -465,6 +496,48 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
     if let Some(s) = sweeper {
         s.abort();
     }
+    if let Some(pool) = workers {
+        tokio::task::spawn_blocking(move || pool.stop()).await?;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Starts one supervisor per configured device.
+fn start_workers(cfg: &Config, db: &Db) -> anyhow::Result<kneenode::worker::Pool> {
+    let devices = kneenode::worker::expand_devices(&cfg.worker.devices)
+        .context("choosing the worker devices (worker.devices)")?;
+    let pool =
+        kneenode::worker::Pool::start(&Queue::new(db.clone()), &Arc::new(cfg.clone()), &devices)
+            .context("starting the workers")?;
+    info!(devices = ?devices, "workers started");
+    Ok(pool)
+}
+
+/// `kneenode worker`: supervisors and a lease sweeper, no SCP, until SIGTERM or Ctrl-C.
+async fn run_workers(mut cfg: Config, devices: Vec<String>) -> anyhow::Result<()> {
+    cfg.worker.devices = devices;
+    let pool_size = u32::try_from(cfg.worker.devices.len()).unwrap_or(1) * 2 + 2;
+    let db = open_db(&cfg, pool_size)?;
+    let migrated = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || db.migrate()
+    })
+    .await??;
+    info!(
+        backend = db.kind().name(),
+        url = db.url_redacted(),
+        migrated,
+        "database ready"
+    );
+    let pool = start_workers(&cfg, &db)?;
+    // A lone worker host must also notice crashed peers' leases.
+    let every = Duration::from_secs(cfg.worker.heartbeat_s.max(1));
+    let sweeper = tokio::spawn(sweep_leases(Queue::new(db.clone()), every));
+    shutdown_signal().await?;
+    info!("shutting down; running jobs are handed back");
+    sweeper.abort();
+    tokio::task::spawn_blocking(move || pool.stop()).await?;
     info!("stopped");
     Ok(())
 }

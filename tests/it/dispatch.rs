@@ -2,7 +2,7 @@
 //! destination is down.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use diesel::prelude::*;
@@ -15,60 +15,7 @@ use kneenode::jobs::{Backoff, JobSource, NewJob, Queue};
 use kneenode::pipeline::JobOptions;
 
 use crate::common::{fresh, Backend};
-use crate::peers::mr_series;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// dcmtk's storescp as a stand-in PACS, writing what it receives into `dir`.
-struct Pacs(Child);
-
-impl Pacs {
-    fn start(port: u16, dir: &Path) -> Pacs {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut pacs = Pacs(
-            Command::new("storescp")
-                .env("TCP_NODELAY", "1")
-                .args(["-aet", "PACS", "-od"])
-                .arg(dir)
-                .arg(port.to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let peer = Peer {
-            ae_title: "PACS".into(),
-            host: "127.0.0.1".into(),
-            port,
-            tls: None,
-        };
-        let quick = Timeouts {
-            connect: Duration::from_secs(1),
-            read: Duration::from_secs(5),
-        };
-        for _ in 0..100 {
-            if scu::echo("KNEENODE", &peer, quick).is_ok() {
-                return pacs;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        pacs.0.kill().ok();
-        panic!("storescp did not come up on port {port}");
-    }
-}
-
-impl Drop for Pacs {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
+use crate::peers::{free_port, mr_series, Pacs};
 
 fn dataset(path: &Path) -> Vec<u8> {
     let bytes = std::fs::read(path).unwrap();

@@ -10,12 +10,16 @@
 mod cli;
 mod common;
 mod config;
+mod dicom_checks;
 mod dispatch;
 mod peers;
 mod queue;
 mod scp;
+mod seg;
 mod segment;
 mod series;
+mod sr;
 mod tls;
 mod torch;
 mod volume_dicom;
+mod worker;

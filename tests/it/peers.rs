@@ -14,6 +14,7 @@ use kneenode::db::schema::instances;
 use kneenode::db::{Db, ScratchDb};
 use kneenode::dicom::routing::Router;
 use kneenode::dicom::scp::{Scp, ScpStats};
+use kneenode::dicom::scu::{self, Peer, Timeouts};
 use kneenode::dicom::series::SeriesWatcher;
 use kneenode::dicom::store::Store;
 use kneenode::dicom::write::{write_mr_series, SeriesInfo};
@@ -164,13 +165,18 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     pub fn start(dir: &Path, config: &str) -> NodeProcess {
+        Self::start_verb(dir, config, "scp")
+    }
+
+    /// Runs `kneenode VERB` (`scp` or `serve`) with `config` written into `dir`.
+    pub fn start_verb(dir: &Path, config: &str, verb: &str) -> NodeProcess {
         let file = dir.join("kneenode.toml");
         std::fs::write(&file, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kneenode"))
             .current_dir(dir)
             .env_remove("JOURNAL_STREAM")
             .env("KNEENODE_LOG", "info")
-            .args(["--config", file.to_str().unwrap(), "scp"])
+            .args(["--config", file.to_str().unwrap(), verb])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -344,4 +350,57 @@ pub fn files_series_uid(file: &Path) -> String {
         .unwrap()
         .trim_end_matches('\0')
         .to_owned()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// dcmtk's storescp as a stand-in PACS, writing what it receives into `dir`.
+pub struct Pacs(pub Child);
+
+impl Pacs {
+    pub fn start(port: u16, dir: &Path) -> Pacs {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut pacs = Pacs(
+            Command::new("storescp")
+                .env("TCP_NODELAY", "1")
+                .args(["-aet", "PACS", "-od"])
+                .arg(dir)
+                .arg(port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let peer = Peer {
+            ae_title: "PACS".into(),
+            host: "127.0.0.1".into(),
+            port,
+            tls: None,
+        };
+        let quick = Timeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(5),
+        };
+        for _ in 0..100 {
+            if scu::echo("KNEENODE", &peer, quick).is_ok() {
+                return pacs;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pacs.0.kill().ok();
+        panic!("storescp did not come up on port {port}");
+    }
+}
+
+impl Drop for Pacs {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
 }
