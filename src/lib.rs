@@ -10,6 +10,7 @@
 //! Arrows point one way: `pipeline` knows nothing of `db`, networking or the portal; `jobs`
 //! builds on `db`; only the worker joins jobs, pipeline and DICOM.
 
+pub mod archive;
 pub mod bench;
 pub mod config;
 pub mod db;
@@ -19,6 +20,7 @@ pub mod doctor;
 pub mod jobs;
 pub mod phantom;
 pub mod pipeline;
+pub mod portal;
 pub mod storage;
 pub mod telemetry;
 pub mod volume;

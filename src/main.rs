@@ -139,6 +139,13 @@ struct WorkerArgs {
     /// Device(s) to run on (repeatable): auto, cpu, cuda, cuda:N. Default: worker.devices.
     #[arg(long)]
     device: Vec<String>,
+    /// The node's portal URL, for a worker on another host: inputs are fetched from and
+    /// results uploaded to its internal API (storage is not shared).
+    #[arg(long, requires = "token_file", value_name = "URL")]
+    node_url: Option<String>,
+    /// The node's internal API token (a copy of its portal.internal_token_file).
+    #[arg(long, requires = "node_url", value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 /// Options of `kneenode phantom`.
@@ -214,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Services {
                     sweeper: true,
                     no_workers: *no_workers,
+                    portal: true,
                 },
             ))?;
             Ok(ExitCode::SUCCESS)
@@ -256,6 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Services {
                     sweeper: false,
                     no_workers: true,
+                    portal: false,
                 },
             ))?;
             Ok(ExitCode::SUCCESS)
@@ -267,8 +276,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 args.device.clone()
             };
+            let remote = match (&args.node_url, &args.token_file) {
+                (Some(url), Some(token)) => Some(
+                    kneenode::worker::remote::RemoteNode::new(url, token)
+                        .context("reading the node's token")?,
+                ),
+                _ => None,
+            };
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(run_workers(cfg, devices))?;
+            rt.block_on(run_workers(cfg, devices, remote))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Portal(_) => pending("portal"),
@@ -405,6 +421,8 @@ struct Services {
     sweeper: bool,
     /// Leave job processing to separate `kneenode worker` processes.
     no_workers: bool,
+    /// Serve HTTP (the internal API now, the portal later).
+    portal: bool,
 }
 
 /// `kneenode serve` (and `scp`): the services in one process until SIGTERM or Ctrl-C.
@@ -466,10 +484,18 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
         .context("loading the destinations' TLS settings")?;
     let dispatcher_task = tokio::spawn(dispatcher.run(Duration::from_secs(2), stop_rx.clone()));
 
+    let portal = if services.portal {
+        let portal = kneenode::portal::Portal::bind(&cfg, db.clone())
+            .context("starting the HTTP server (portal.bind, portal.port)")?;
+        info!(addr = %portal.local_addr(), "portal listening (internal API for remote workers)");
+        Some(portal.start())
+    } else {
+        None
+    };
     let workers = if services.no_workers {
         None
     } else {
-        Some(start_workers(&cfg, &db)?)
+        Some(start_workers(&cfg, &db, None)?)
     };
 
     let sweeper = services.sweeper.then(|| {
@@ -499,23 +525,41 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
     if let Some(pool) = workers {
         tokio::task::spawn_blocking(move || pool.stop()).await?;
     }
+    if let Some((handle, task)) = portal {
+        handle.stop(true).await;
+        if let Ok(Err(e)) = task.await {
+            warn!(error = %e, "portal ended abnormally");
+        }
+    }
     info!("stopped");
     Ok(())
 }
 
 /// Starts one supervisor per configured device.
-fn start_workers(cfg: &Config, db: &Db) -> anyhow::Result<kneenode::worker::Pool> {
+fn start_workers(
+    cfg: &Config,
+    db: &Db,
+    remote: Option<&kneenode::worker::remote::RemoteNode>,
+) -> anyhow::Result<kneenode::worker::Pool> {
     let devices = kneenode::worker::expand_devices(&cfg.worker.devices)
         .context("choosing the worker devices (worker.devices)")?;
-    let pool =
-        kneenode::worker::Pool::start(&Queue::new(db.clone()), &Arc::new(cfg.clone()), &devices)
-            .context("starting the workers")?;
+    let pool = kneenode::worker::Pool::start(
+        &Queue::new(db.clone()),
+        &Arc::new(cfg.clone()),
+        &devices,
+        remote,
+    )
+    .context("starting the workers")?;
     info!(devices = ?devices, "workers started");
     Ok(pool)
 }
 
 /// `kneenode worker`: supervisors and a lease sweeper, no SCP, until SIGTERM or Ctrl-C.
-async fn run_workers(mut cfg: Config, devices: Vec<String>) -> anyhow::Result<()> {
+async fn run_workers(
+    mut cfg: Config,
+    devices: Vec<String>,
+    remote: Option<kneenode::worker::remote::RemoteNode>,
+) -> anyhow::Result<()> {
     cfg.worker.devices = devices;
     let pool_size = u32::try_from(cfg.worker.devices.len()).unwrap_or(1) * 2 + 2;
     let db = open_db(&cfg, pool_size)?;
@@ -530,7 +574,10 @@ async fn run_workers(mut cfg: Config, devices: Vec<String>) -> anyhow::Result<()
         migrated,
         "database ready"
     );
-    let pool = start_workers(&cfg, &db)?;
+    if let Some(r) = &remote {
+        info!(node = ?r, "remote worker: inputs and results go through the node's internal API");
+    }
+    let pool = start_workers(&cfg, &db, remote.as_ref())?;
     // A lone worker host must also notice crashed peers' leases.
     let every = Duration::from_secs(cfg.worker.heartbeat_s.max(1));
     let sweeper = tokio::spawn(sweep_leases(Queue::new(db.clone()), every));

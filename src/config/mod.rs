@@ -244,6 +244,12 @@ pub struct PortalConfig {
     /// File holding the session-cookie key; defaults to `portal-session.key` in the storage
     /// folder.
     pub session_key_file: PathBuf,
+    /// File holding the bearer token of the internal API that remote workers use (created with
+    /// a random token at first start when missing); defaults to `internal-api.token` in the
+    /// storage folder.
+    pub internal_token_file: PathBuf,
+    /// Largest results upload the internal API accepts, MiB.
+    pub max_upload_mb: u64,
 }
 
 /// The segmentation-model registry.
@@ -385,6 +391,8 @@ impl Default for PortalConfig {
             bind: "127.0.0.1".to_owned(),
             port: 8080,
             session_key_file: default_session_key_file(&StorageConfig::default().dir),
+            internal_token_file: default_token_file(&StorageConfig::default().dir),
+            max_upload_mb: 4096,
         }
     }
 }
@@ -395,6 +403,11 @@ impl Default for ModelsConfig {
             registry: PathBuf::from("dicom_config/models.toml"),
         }
     }
+}
+
+/// Where the internal API's token lives unless `portal.internal_token_file` says otherwise.
+fn default_token_file(storage_dir: &Path) -> PathBuf {
+    storage_dir.join("internal-api.token")
 }
 
 /// Where the portal's session key lives unless `portal.session_key_file` says otherwise.

@@ -12,9 +12,9 @@ use super::checks::{
 use super::layers::Layer;
 use super::reader::{Field, Section};
 use super::{
-    default_session_key_file, AllowedAe, Config, ConfigError, DatabaseConfig, Destination,
-    ModelsConfig, NodeConfig, PortalConfig, RoutingRule, RuleMatch, SeriesConfig, StorageConfig,
-    TlsClient, TlsServer, WorkerConfig,
+    default_session_key_file, default_token_file, AllowedAe, Config, ConfigError, DatabaseConfig,
+    Destination, ModelsConfig, NodeConfig, PortalConfig, RoutingRule, RuleMatch, SeriesConfig,
+    StorageConfig, TlsClient, TlsServer, WorkerConfig,
 };
 use crate::pipeline::{JobOptions, OptionsError};
 
@@ -359,6 +359,13 @@ fn portal(mut t: Section<'_>, storage_dir: &Path) -> Result<PortalConfig, Config
             Some(file) => file.check(not_empty)?.into(),
             None => default_session_key_file(storage_dir),
         },
+        internal_token_file: match t.optional::<String>("internal_token_file")? {
+            Some(file) => file.check(not_empty)?.into(),
+            None => default_token_file(storage_dir),
+        },
+        max_upload_mb: t
+            .get("max_upload_mb", to_i64(d.max_upload_mb))?
+            .at_least(1)?,
     };
     t.finish()?;
     Ok(portal)

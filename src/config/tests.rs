@@ -313,7 +313,11 @@ fn shipped_file_documents_every_key() {
     default_keys.retain(|k| {
         !matches!(
             k.as_str(),
-            "destinations" | "routing" | "node.allowed" | "portal.session_key_file"
+            "destinations"
+                | "routing"
+                | "node.allowed"
+                | "portal.session_key_file"
+                | "portal.internal_token_file"
         )
     });
     assert_eq!(shipped_keys, default_keys);

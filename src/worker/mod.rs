@@ -12,6 +12,7 @@ pub mod deliver;
 pub mod jobfile;
 pub mod pool;
 pub mod protocol;
+pub mod remote;
 pub mod resources;
 pub mod supervisor;
 

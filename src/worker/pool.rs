@@ -6,6 +6,7 @@ use std::thread::JoinHandle;
 
 use tracing::warn;
 
+use super::remote::RemoteNode;
 use super::Supervisor;
 use crate::config::Config;
 use crate::device::DeviceError;
@@ -36,12 +37,21 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts one supervisor thread per device.
-    pub fn start(queue: &Queue, config: &Arc<Config>, devices: &[String]) -> std::io::Result<Self> {
+    /// Starts one supervisor thread per device; with `remote`, they work for a node on another
+    /// host.
+    pub fn start(
+        queue: &Queue,
+        config: &Arc<Config>,
+        devices: &[String],
+        remote: Option<&RemoteNode>,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for device in devices {
-            let supervisor = Supervisor::new(queue.clone(), config.clone(), device);
+            let mut supervisor = Supervisor::new(queue.clone(), config.clone(), device);
+            if let Some(r) = remote {
+                supervisor = supervisor.with_remote(r.clone());
+            }
             let stop = stop.clone();
             threads.push(
                 std::thread::Builder::new()

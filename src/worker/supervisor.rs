@@ -17,9 +17,12 @@ use tracing::{info, warn};
 use super::classify::{classify, Intervention, Outcome};
 use super::jobfile::{JobFile, STDERR_FILE};
 use super::protocol::Event;
+use super::remote::{RemoteError, RemoteNode};
 use super::resources::{gpu_memory_of, peak_rss_of};
 use crate::config::Config;
-use crate::jobs::{HeartbeatOutcome, Job, Progress, Queue, QueueError, Resources};
+use crate::jobs::{
+    ErrorCode, FailureKind, HeartbeatOutcome, Job, Progress, Queue, QueueError, Resources,
+};
 
 /// How long a child gets between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
@@ -35,6 +38,7 @@ pub struct Supervisor {
     worker_id: String,
     exe: PathBuf,
     idle_poll: Duration,
+    remote: Option<RemoteNode>,
 }
 
 /// The end of one job attempt, as the supervisor saw it (for logs, tests and benchmarks).
@@ -63,7 +67,14 @@ impl Supervisor {
             worker_id: format!("{host}:{}:{device}", std::process::id()),
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kneenode")),
             idle_poll: Duration::from_millis(500),
+            remote: None,
         }
+    }
+
+    /// Works for a node on another host: inputs come from, and results go to, its internal API.
+    pub fn with_remote(mut self, remote: RemoteNode) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     /// Uses another executable for the child (tests point at the built binary).
@@ -111,15 +122,15 @@ impl Supervisor {
         self.config.storage.dir.join("jobs").join(job_id)
     }
 
-    fn job_file(&self, job: &Job) -> Result<JobFile, QueueError> {
-        let options = job.options().map_err(|e| {
-            QueueError::Options(crate::pipeline::OptionsError::ModelName(e.to_string()))
-        })?;
+    fn job_file(&self, job: &Job, input: PathBuf) -> Result<JobFile, String> {
+        let options = job
+            .options()
+            .map_err(|e| format!("the job's options do not parse: {e}"))?;
         Ok(JobFile {
             job_id: job.id.clone(),
             revision: job.revision,
             attempt: job.attempts,
-            input_path: PathBuf::from(&job.input_path),
+            input_path: input,
             options,
             models_registry: absolute(&self.config.models.registry),
             segments_catalog: None,
@@ -131,28 +142,79 @@ impl Supervisor {
         })
     }
 
+    /// Makes the job folder, fetches a remote input, writes `job.json`.
+    fn prepare(&self, job: &Job, dir: &Path) -> Result<(), Outcome> {
+        let cannot_start = |reason: String| {
+            // The host cannot run jobs (disk full, binary gone): retry later, maybe elsewhere.
+            failed(
+                ErrorCode::PipelineError,
+                FailureKind::Retry,
+                format!("the job could not be started: {reason}"),
+            )
+        };
+        std::fs::create_dir_all(dir).map_err(|e| cannot_start(e.to_string()))?;
+        let input = match &self.remote {
+            None => PathBuf::from(&job.input_path),
+            Some(remote) => remote
+                .fetch_input(&job.id, &self.worker_id, dir)
+                .map_err(remote_failure)?,
+        };
+        let file = self.job_file(job, input).map_err(cannot_start)?;
+        file.write(dir).map_err(|e| cannot_start(e.to_string()))?;
+        Ok(())
+    }
+
     /// Runs one claimed job to its end and records the outcome.
     pub fn run_job(&self, job: &Job, stop: &AtomicBool) -> Result<Attempt, QueueError> {
         let dir = self.job_dir(&job.id);
         let started = Instant::now();
-        let prepared = std::fs::create_dir_all(&dir)
-            .map_err(|e| e.to_string())
-            .and_then(|()| self.job_file(job).map_err(|e| e.to_string()))
-            .and_then(|f| f.write(&dir).map_err(|e| e.to_string()))
-            .and_then(|_| self.spawn(&dir, job.attempts).map_err(|e| e.to_string()));
-        let child = match prepared {
+        if let Err(outcome) = self.prepare(job, &dir) {
+            return self.record(job, outcome, None, Resources::default(), started);
+        }
+        let child = match self.spawn(&dir, job.attempts) {
             Ok(child) => child,
-            Err(reason) => {
-                // The host cannot run jobs (disk full, binary gone): retry later, elsewhere.
-                let outcome = Outcome::Failed(super::classify::FailureOf {
-                    code: crate::jobs::ErrorCode::PipelineError,
-                    kind: crate::jobs::FailureKind::Retry,
-                    detail: format!("the job could not be started: {reason}"),
-                });
+            Err(e) => {
+                let outcome = failed(
+                    ErrorCode::PipelineError,
+                    FailureKind::Retry,
+                    format!("the job could not be started: {e}"),
+                );
                 return self.record(job, outcome, None, Resources::default(), started);
             }
         };
-        let watched = self.watch(job, child, &dir, stop)?;
+        let mut watched = self.watch(job, child, &dir, stop)?;
+        if let Some(remote) = &self.remote {
+            // Patient data does not stay on a worker host longer than the job: the input and
+            // the unzipped results go now, the zip once it is uploaded (or not).
+            for leftover in ["input", super::jobfile::RESULTS_DIR] {
+                let _ = std::fs::remove_dir_all(dir.join(leftover));
+            }
+            let delivered = match &watched.outcome {
+                Outcome::Complete { zip, .. } => {
+                    // Recorded while this worker still holds the job; the node completes it.
+                    self.queue
+                        .record_resources(&job.id, &self.worker_id, watched.resources)?;
+                    let sent = remote.upload_results(&job.id, &self.worker_id, Path::new(zip));
+                    let _ = std::fs::remove_file(zip);
+                    match sent {
+                        Ok(_) => true,
+                        Err(e) => {
+                            watched.outcome = remote_failure(e);
+                            false
+                        }
+                    }
+                }
+                _ => false,
+            };
+            if delivered {
+                return Ok(Attempt {
+                    job_id: job.id.clone(),
+                    outcome: watched.outcome,
+                    elapsed: started.elapsed(),
+                    resources: watched.resources,
+                });
+            }
+        }
         self.record(
             job,
             watched.outcome,
@@ -383,6 +445,25 @@ struct Watched {
     outcome: Outcome,
     stage: Option<String>,
     resources: Resources,
+}
+
+fn failed(code: ErrorCode, kind: FailureKind, detail: String) -> Outcome {
+    Outcome::Failed(super::classify::FailureOf { code, kind, detail })
+}
+
+/// How a failed call to the node ends the attempt.
+fn remote_failure(e: RemoteError) -> Outcome {
+    match e {
+        RemoteError::NoInput(_) => {
+            failed(ErrorCode::FileNotFound, FailureKind::Abort, e.to_string())
+        }
+        RemoteError::NotHolder(_) => Outcome::Abandoned(Intervention::LeaseLost),
+        _ => failed(
+            ErrorCode::PipelineError,
+            FailureKind::Retry,
+            format!("talking to the node: {e}"),
+        ),
+    }
 }
 
 fn outcome_name(o: &Outcome) -> &'static str {

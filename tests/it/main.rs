@@ -14,6 +14,7 @@ mod dicom_checks;
 mod dispatch;
 mod peers;
 mod queue;
+mod remote;
 mod scp;
 mod seg;
 mod segment;

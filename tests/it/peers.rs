@@ -168,7 +168,8 @@ impl NodeProcess {
         Self::start_verb(dir, config, "scp")
     }
 
-    /// Runs `kneenode VERB` (`scp` or `serve`) with `config` written into `dir`.
+    /// Runs `kneenode VERB` (`scp`, `serve`, `serve --no-workers`) with `config` written into
+    /// `dir`.
     pub fn start_verb(dir: &Path, config: &str, verb: &str) -> NodeProcess {
         let file = dir.join("kneenode.toml");
         std::fs::write(&file, config).unwrap();
@@ -176,7 +177,8 @@ impl NodeProcess {
             .current_dir(dir)
             .env_remove("JOURNAL_STREAM")
             .env("KNEENODE_LOG", "info")
-            .args(["--config", file.to_str().unwrap(), verb])
+            .args(["--config", file.to_str().unwrap()])
+            .args(verb.split_whitespace())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -211,6 +213,20 @@ impl NodeProcess {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The address logged as `addr=…` on the first log line containing `what`.
+    pub fn logged_addr(&self, what: &str) -> SocketAddr {
+        wait_for(what, Duration::from_secs(30), || {
+            let log = self.log();
+            let line = log.lines().find(|l| l.contains(what))?.to_owned();
+            line.split("addr=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
     }
 }
 

@@ -260,6 +260,17 @@ fn a_killed_child_is_a_pipeline_error_and_is_retried_and_cancel_stops_a_job() {
 
 /// `kneenode worker` as a process on a config file; stderr goes to `log`.
 fn worker_process(dir: &Path, name: &str, db_url: &str, storage: &Path) -> Child {
+    worker_process_with(dir, name, db_url, storage, &[])
+}
+
+/// `kneenode worker` with extra arguments (e.g. `--node-url`).
+pub fn worker_process_with(
+    dir: &Path,
+    name: &str,
+    db_url: &str,
+    storage: &Path,
+    extra: &[&str],
+) -> Child {
     let file = dir.join(format!("{name}.toml"));
     std::fs::write(
         &file,
@@ -274,6 +285,7 @@ fn worker_process(dir: &Path, name: &str, db_url: &str, storage: &Path) -> Child
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     Command::new(env!("CARGO_BIN_EXE_kneenode"))
         .args(["--config", file.to_str().unwrap(), "worker"])
+        .args(extra)
         .env("KNEENODE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -327,6 +339,22 @@ fn a_killed_supervisors_job_is_finished_by_another_worker() {
     drop(db);
 }
 
+/// A node's configuration for these tests: SCP and portal on free ports, a 2 s quiet period,
+/// one CPU worker, the test models, a `pacs` destination on `pacs_port` and one rule sending
+/// every MR series through `demo` to it.
+pub fn node_config(storage: &Path, db_url: &str, pacs_port: u16) -> String {
+    format!(
+        "[node]\nbind = \"127.0.0.1\"\nport = 0\nread_timeout_s = 5\n[portal]\nport = 0\n\
+         [storage]\ndir = {storage:?}\n[database]\nurl = {db_url:?}\n[series]\nquiet_seconds = 2\n\
+         [worker]\ndevices = [\"cpu\"]\nheartbeat_s = 1\nlease_s = 10\njob_timeout_s = 300\n\
+         [models]\nregistry = {:?}\n\
+         [[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\
+         [[routing]]\nname = \"knee\"\nmatch = {{ modality = \"MR\" }}\n\
+         options = {{ segmentation_model = \"demo\", perform_nsm = false }}\ndestinations = [\"pacs\"]\n",
+        test_registry()
+    )
+}
+
 /// The node end to end: see the module comment.
 fn end_to_end(backend: Backend) {
     let (scratch, db) = fresh(backend, 4);
@@ -337,17 +365,7 @@ fn end_to_end(backend: Backend) {
     let pacs_dir = dir.path().join("pacs");
     let _pacs = crate::peers::Pacs::start(port, &pacs_dir);
     let storage = dir.path().join("storage");
-    let config = format!(
-        "[node]\nbind = \"127.0.0.1\"\nport = 0\nread_timeout_s = 5\n\
-         [storage]\ndir = {storage:?}\n[database]\nurl = {:?}\n[series]\nquiet_seconds = 2\n\
-         [worker]\ndevices = [\"cpu\"]\nheartbeat_s = 1\nlease_s = 10\njob_timeout_s = 300\n\
-         [models]\nregistry = {:?}\n\
-         [[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {port}\n\
-         [[routing]]\nname = \"knee\"\nmatch = {{ modality = \"MR\" }}\n\
-         options = {{ segmentation_model = \"demo\", perform_nsm = false }}\ndestinations = [\"pacs\"]\n",
-        scratch.url,
-        test_registry()
-    );
+    let config = node_config(&storage, &scratch.url, port);
     let node = crate::peers::NodeProcess::start_verb(dir.path(), &config, "serve");
     let pushed = Instant::now();
     let out = crate::peers::storescu(node.addr, "MODALITY", &[], &sources);
@@ -425,7 +443,7 @@ fn end_to_end(backend: Backend) {
     drop(queue);
 }
 
-fn files_in(dir: &Path) -> Vec<PathBuf> {
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
@@ -434,7 +452,7 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn sop_uids(files: &[PathBuf]) -> Vec<String> {
+pub fn sop_uids(files: &[PathBuf]) -> Vec<String> {
     let mut v: Vec<String> = files
         .iter()
         .map(|f| {
@@ -459,7 +477,7 @@ fn only_job(db: &Db) -> Job {
     rows.remove(0)
 }
 
-fn dispatch_statuses(db: &Db) -> Vec<String> {
+pub fn dispatch_statuses(db: &Db) -> Vec<String> {
     use diesel::prelude::*;
     use kneenode::db::schema::dispatches;
     let mut conn = db.conn().unwrap();
