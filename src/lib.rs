@@ -24,6 +24,7 @@ pub mod device;
 pub mod dicom;
 pub mod doctor;
 pub mod jobs;
+pub mod notify;
 pub mod phantom;
 pub mod pipeline;
 pub mod portal;

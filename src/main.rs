@@ -505,8 +505,19 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
         tokio::spawn(sweep_leases(queue, every))
     });
 
+    let notifier = kneenode::notify::Notifier::from_env();
+    let workers_n = workers.as_ref().map_or(0, |w| w.len());
+    notifier.ready(&format!(
+        "DICOM {} on port {}; {workers_n} worker(s)",
+        cfg.node.ae_title, cfg.node.port
+    ));
+    let watchdog = start_watchdog(&notifier);
     info!("kneenode running; SIGTERM or Ctrl-C stops it");
     shutdown_signal().await?;
+    notifier.stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     info!("shutting down");
     // The receiver lives in the SCP task; if it already ended there is nothing to tell.
     stop_tx.send(true).ok();
@@ -581,7 +592,14 @@ async fn run_workers(
     // A lone worker host must also notice crashed peers' leases.
     let every = Duration::from_secs(cfg.worker.heartbeat_s.max(1));
     let sweeper = tokio::spawn(sweep_leases(Queue::new(db.clone()), every));
+    let notifier = kneenode::notify::Notifier::from_env();
+    notifier.ready(&format!("{} worker(s)", pool.len()));
+    let watchdog = start_watchdog(&notifier);
     shutdown_signal().await?;
+    notifier.stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     info!("shutting down; running jobs are handed back");
     sweeper.abort();
     tokio::task::spawn_blocking(move || pool.stop()).await?;
@@ -606,6 +624,20 @@ async fn sweep_leases(queue: Queue, every: Duration) {
             Err(e) => warn!(error = %e, "lease sweep task failed"),
         }
     }
+}
+
+/// Sends `WATCHDOG=1` at half of systemd's watchdog interval while the runtime runs, so a
+/// wedged process is restarted.
+fn start_watchdog(notifier: &kneenode::notify::Notifier) -> Option<tokio::task::JoinHandle<()>> {
+    let every = notifier.watchdog_interval()?;
+    let notifier = notifier.clone();
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            notifier.watchdog();
+        }
+    }))
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {
