@@ -17,6 +17,7 @@
 //! remote worker uploaded) joins jobs, pipeline and DICOM.
 
 pub mod archive;
+pub mod audit;
 pub mod bench;
 pub mod config;
 pub mod db;
@@ -28,6 +29,7 @@ pub mod notify;
 pub mod phantom;
 pub mod pipeline;
 pub mod portal;
+pub mod retention;
 pub mod storage;
 pub mod telemetry;
 pub mod volume;

@@ -65,6 +65,13 @@ enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Delete received series and job folders older than storage.retention_days (serve does
+    /// this hourly); never results that are not yet complete and dispatched.
+    Cleanup {
+        /// List what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check the installation: libtorch, CUDA, database, storage, ports, models.
     Doctor,
     /// Configuration tools.
@@ -235,6 +242,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 db.url_redacted(),
                 db.kind().name()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cleanup { dry_run } => {
+            let cfg = config()?;
+            let db = open_db(&cfg, 2)?;
+            db.migrate()?;
+            let now = chrono::Utc::now().naive_utc();
+            let plan =
+                kneenode::retention::plan(&db, &cfg.storage.dir, cfg.storage.retention_days, now)?;
+            println!("{plan}");
+            if !*dry_run {
+                let r = kneenode::retention::apply(&db, &plan)?;
+                println!(
+                    "removed {} series and {} job folder(s), {:.1} MB",
+                    r.series,
+                    r.jobs,
+                    r.bytes as f64 / 1e6
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => {
@@ -498,6 +524,13 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
         Some(start_workers(&cfg, &db, None)?)
     };
 
+    let retention = services.sweeper.then(|| {
+        tokio::spawn(retention_loop(
+            db.clone(),
+            cfg.storage.dir.clone(),
+            cfg.storage.retention_days,
+        ))
+    });
     let sweeper = services.sweeper.then(|| {
         // Leases of crashed workers expire; someone must notice even when no worker is claiming.
         let queue = Queue::new(db.clone());
@@ -532,6 +565,9 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
     }
     if let Some(s) = sweeper {
         s.abort();
+    }
+    if let Some(r) = retention {
+        r.abort();
     }
     if let Some(pool) = workers {
         tokio::task::spawn_blocking(move || pool.stop()).await?;
@@ -605,6 +641,33 @@ async fn run_workers(
     tokio::task::spawn_blocking(move || pool.stop()).await?;
     info!("stopped");
     Ok(())
+}
+
+/// Applies retention every hour (the first time a minute after start).
+async fn retention_loop(db: Db, storage: std::path::PathBuf, days: u32) {
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let (db, storage) = (db.clone(), storage.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let now = chrono::Utc::now().naive_utc();
+            let plan = kneenode::retention::plan(&db, &storage, days, now)?;
+            Ok::<_, anyhow::Error>(kneenode::retention::apply(&db, &plan)?)
+        })
+        .await;
+        match done {
+            Ok(Ok(r)) if r != Default::default() => info!(
+                series = r.series,
+                jobs = r.jobs,
+                mb = r.bytes / 1_000_000,
+                "retention removed expired data"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "retention failed"),
+            Err(e) => warn!(error = %e, "retention task failed"),
+        }
+    }
 }
 
 async fn sweep_leases(queue: Queue, every: Duration) {

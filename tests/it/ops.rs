@@ -62,3 +62,222 @@ fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
     recv_until(&sock, "STOPPING=1", Duration::from_secs(10));
     assert!(node.wait().unwrap().success());
 }
+
+mod retention {
+    use std::path::{Path, PathBuf};
+
+    use chrono::{Duration, NaiveDateTime, Utc};
+    use diesel::prelude::*;
+    use kneenode::db::schema::{audit_events, dispatches, instances, jobs, series};
+    use kneenode::db::Db;
+    use kneenode::jobs::{JobSource, NewJob, Queue};
+
+    use crate::common::{fresh, run_ok, Backend};
+
+    fn days_ago(d: i64) -> NaiveDateTime {
+        Utc::now().naive_utc() - Duration::days(d)
+    }
+
+    /// A series row (+ one instance row and its folder with a file).
+    fn series_row(
+        db: &Db,
+        storage: &Path,
+        uid: &str,
+        status: &str,
+        last: NaiveDateTime,
+    ) -> PathBuf {
+        let mut c = db.conn().unwrap();
+        diesel::insert_into(series::table)
+            .values((
+                series::series_instance_uid.eq(uid),
+                series::study_instance_uid.eq("1.2.study"),
+                series::calling_ae.eq("MOD"),
+                series::called_ae.eq("KNEENODE"),
+                series::instance_count.eq(1),
+                series::revision.eq(1),
+                series::status.eq(status),
+                series::first_received_at.eq(last),
+                series::last_received_at.eq(last),
+            ))
+            .execute(&mut *c)
+            .unwrap();
+        let dir = storage.join("incoming/1.2.study").join(uid);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("1.dcm"), vec![0u8; 1000]).unwrap();
+        diesel::insert_into(instances::table)
+            .values((
+                instances::sop_instance_uid.eq(format!("{uid}.1")),
+                instances::sop_class_uid.eq("1.2.840.10008.5.1.4.1.1.4"),
+                instances::study_instance_uid.eq("1.2.study"),
+                instances::series_instance_uid.eq(uid),
+                instances::transfer_syntax_uid.eq("1.2.840.10008.1.2.1"),
+                instances::revision.eq(1),
+                instances::path.eq(dir.join("1.dcm").to_string_lossy().into_owned()),
+                instances::size_bytes.eq(1000i64),
+                instances::sha256.eq("00"),
+                instances::calling_ae.eq("MOD"),
+                instances::called_ae.eq("KNEENODE"),
+                instances::peer.eq("127.0.0.1:1"),
+                instances::association_id.eq("a"),
+                instances::received_at.eq(last),
+            ))
+            .execute(&mut *c)
+            .unwrap();
+        dir
+    }
+
+    /// A job row in `status`, ended at `ended`, with a folder.
+    fn job_row(
+        db: &Db,
+        storage: &Path,
+        series_uid: Option<&str>,
+        status: &str,
+        ended: Option<NaiveDateTime>,
+    ) -> (String, PathBuf) {
+        let mut new = NewJob::new(JobSource::Cli, "/in", Default::default());
+        new.series_instance_uid = series_uid.map(str::to_owned);
+        new.revision = 1 + rand_rev();
+        let job = Queue::new(db.clone()).enqueue(&new).unwrap().job;
+        let dir = storage.join("jobs").join(&job.id);
+        std::fs::create_dir_all(dir.join("results")).unwrap();
+        std::fs::write(dir.join("x_results.zip"), vec![1u8; 500]).unwrap();
+        let mut c = db.conn().unwrap();
+        diesel::update(jobs::table.find(&job.id))
+            .set((
+                jobs::status.eq(status),
+                jobs::completed_at.eq(ended),
+                jobs::result_path.eq(dir.join("x_results.zip").to_string_lossy().into_owned()),
+            ))
+            .execute(&mut *c)
+            .unwrap();
+        (job.id, dir)
+    }
+
+    fn rand_rev() -> i32 {
+        use std::sync::atomic::{AtomicI32, Ordering};
+        static N: AtomicI32 = AtomicI32::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn dispatch_row(db: &Db, job: &str, status: &str) {
+        let mut c = db.conn().unwrap();
+        diesel::insert_into(dispatches::table)
+            .values((
+                dispatches::job_id.eq(job),
+                dispatches::destination.eq("pacs"),
+                dispatches::ae_title.eq("PACS"),
+                dispatches::host.eq("127.0.0.1"),
+                dispatches::port.eq(104),
+                dispatches::status.eq(status),
+                dispatches::next_attempt_at.eq(days_ago(0)),
+                dispatches::files.eq("[]"),
+                dispatches::created_at.eq(days_ago(0)),
+            ))
+            .execute(&mut *c)
+            .unwrap();
+    }
+
+    fn cleanup(config: &Path, dry_run: bool) -> String {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kneenode"));
+        cmd.args(["--config", config.to_str().unwrap(), "cleanup"]);
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        String::from_utf8(run_ok(&mut cmd).stdout).unwrap()
+    }
+
+    #[test]
+    fn a_dry_run_lists_exactly_the_expired_items_and_the_real_run_removes_only_those() {
+        let (scratch, db) = fresh(Backend::Sqlite, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("storage");
+        // Expired: an old routed series whose job is complete and dispatched, and both.
+        let s1 = series_row(&db, &storage, "1.2.s1", "routed", days_ago(40));
+        let (j1, j1_dir) = job_row(
+            &db,
+            &storage,
+            Some("1.2.s1"),
+            "complete",
+            Some(days_ago(39)),
+        );
+        dispatch_row(&db, &j1, "sent");
+        // Kept: an old series whose job is still running (and that job).
+        let s2 = series_row(&db, &storage, "1.2.s2", "routed", days_ago(40));
+        let (_, j2_dir) = job_row(&db, &storage, Some("1.2.s2"), "processing", None);
+        // Kept: a recent series; an old series still receiving.
+        let s3 = series_row(&db, &storage, "1.2.s3", "complete", days_ago(10));
+        let s4 = series_row(&db, &storage, "1.2.s4", "receiving", days_ago(40));
+        // Expired: an old failed job. Kept: an old complete job not yet dispatched; a recent one.
+        let (_, j3_dir) = job_row(&db, &storage, None, "error", Some(days_ago(35)));
+        let (j4, j4_dir) = job_row(&db, &storage, None, "complete", Some(days_ago(35)));
+        dispatch_row(&db, &j4, "pending");
+        let (_, j5_dir) = job_row(&db, &storage, None, "complete", Some(days_ago(5)));
+
+        let config = dir.path().join("kneenode.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[storage]\ndir = {storage:?}\nretention_days = 30\n[database]\nurl = {:?}\n",
+                scratch.url
+            ),
+        )
+        .unwrap();
+        let listed = cleanup(&config, true);
+        let lines: Vec<&str> = listed
+            .lines()
+            .filter(|l| l.starts_with("series") || l.starts_with("job"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{listed}");
+        for want in [&s1, &j1_dir, &j3_dir] {
+            assert!(
+                listed.contains(&*want.to_string_lossy()),
+                "{want:?} not in\n{listed}"
+            );
+        }
+        assert!(listed.contains("1 series and 2 job folder(s)"), "{listed}");
+        for kept in [
+            &s1, &s2, &s3, &s4, &j1_dir, &j2_dir, &j3_dir, &j4_dir, &j5_dir,
+        ] {
+            assert!(kept.exists(), "the dry run removed {kept:?}");
+        }
+
+        let done = cleanup(&config, false);
+        assert!(
+            done.contains("removed 1 series and 2 job folder(s)"),
+            "{done}"
+        );
+        for gone in [&s1, &j1_dir, &j3_dir] {
+            assert!(!gone.exists(), "{gone:?} still there");
+        }
+        for kept in [&s2, &s3, &s4, &j2_dir, &j4_dir, &j5_dir] {
+            assert!(kept.exists(), "{kept:?} was removed");
+        }
+        let mut c = db.conn().unwrap();
+        let status: String = series::table
+            .filter(series::series_instance_uid.eq("1.2.s1"))
+            .select(series::status)
+            .first(&mut *c)
+            .unwrap();
+        assert_eq!(status, "expired");
+        let left: i64 = instances::table
+            .filter(instances::series_instance_uid.eq("1.2.s1"))
+            .count()
+            .get_result(&mut *c)
+            .unwrap();
+        assert_eq!(left, 0, "a re-sent instance must be stored again");
+        let path: Option<String> = jobs::table
+            .find(&j1)
+            .select(jobs::result_path)
+            .first(&mut *c)
+            .unwrap();
+        assert_eq!(path, None);
+        let audited: i64 = audit_events::table
+            .filter(audit_events::kind.eq("retention"))
+            .count()
+            .get_result(&mut *c)
+            .unwrap();
+        assert_eq!(audited, 1);
+        // Nothing left to do: a second run lists nothing.
+        assert!(cleanup(&config, true).contains("0 series and 0 job folder(s)"));
+    }
+}
