@@ -239,6 +239,12 @@ async fn serve_association(
     let Ok(_permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
         shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
         warn!(peer = %peer, "association rejected: too many associations");
+        audit(
+            &shared,
+            peer.to_string(),
+            "rejected",
+            serde_json::json!({ "reason": "too many associations" }),
+        );
         return reject_busy(stream).await;
     };
     let mut options = ServerAssociationOptions::new()
@@ -271,6 +277,26 @@ async fn serve_association(
     // Rejections by AE were logged by Access with the AE titles; this covers garbage,
     // oversized or truncated requests and failed TLS handshakes.
     info!(error = %failed, "association not established");
+    audit(
+        &shared,
+        peer.to_string(),
+        "rejected",
+        serde_json::json!({ "reason": failed.to_string() }),
+    );
+}
+
+/// Records an association in the audit trail (in the background: the database write must not
+/// hold up the network).
+fn audit(shared: &Shared, actor: String, outcome: &str, detail: serde_json::Value) {
+    let db = shared.store.db().clone();
+    let event = crate::audit::Event {
+        kind: "association",
+        actor,
+        action: "associate".into(),
+        outcome: outcome.into(),
+        detail,
+    };
+    tokio::task::spawn_blocking(move || crate::audit::record_or_log(&db, &event));
 }
 
 /// Serves an established association (plain or TLS) until release, abort or error.
@@ -431,6 +457,19 @@ async fn run_association<S>(
         duration_ms = started.elapsed().as_millis() as u64,
         result = if released { "released" } else { "aborted" },
         "association ended"
+    );
+    audit(
+        shared,
+        format!("{}@{}", sender.calling_ae, sender.peer),
+        if released { "released" } else { "aborted" },
+        serde_json::json!({
+            "called_ae": sender.called_ae,
+            "association_id": sender.association_id,
+            "instances": stored,
+            "bytes": bytes,
+            "series": series.len(),
+            "duration_ms": started.elapsed().as_millis() as u64,
+        }),
     );
     if let Some(tx) = &shared.ended {
         // The watcher may have stopped at shutdown; nothing to do then.

@@ -161,6 +161,11 @@ fn valid_uid(uid: &str) -> bool {
 }
 
 impl Store {
+    /// The database the store records instances in.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// Opens the store under `storage_dir`, creating its folders and clearing temp files that a
     /// crash left behind (they were never acknowledged).
     pub fn open(storage_dir: &Path, db: Db, max_disk_used_percent: f64) -> io::Result<Self> {

@@ -281,3 +281,49 @@ mod retention {
         assert!(cleanup(&config, true).contains("0 series and 0 job folder(s)"));
     }
 }
+
+#[test]
+fn associations_and_rejections_are_audited_without_patient_data() {
+    use crate::peers::{mr_series, storescu, wait_for, Node};
+    let node = Node::start(|n| {
+        n.allowed = vec![kneenode::config::AllowedAe {
+            ae_title: "MODALITY".into(),
+            host: None,
+        }];
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let files = mr_series(dir.path(), 3, 16);
+    assert!(storescu(node.addr, "MODALITY", &[], &files)
+        .status
+        .success());
+    assert!(!storescu(node.addr, "STRANGER", &[], &files)
+        .status
+        .success());
+    let events = wait_for("two audit events", Duration::from_secs(10), || {
+        let e = kneenode::audit::recent(&node.db, Some("association"), 10).unwrap();
+        (e.len() >= 2).then_some(e)
+    });
+    let released = events
+        .iter()
+        .find(|e| e.outcome == "released")
+        .expect("released");
+    assert!(
+        released.actor.starts_with("MODALITY@127.0.0.1:"),
+        "{released:?}"
+    );
+    let detail: serde_json::Value = serde_json::from_str(&released.detail).unwrap();
+    assert_eq!(detail["instances"], 3);
+    assert!(detail["bytes"].as_u64().unwrap() > 3 * 16 * 16 * 2);
+    let rejected = events
+        .iter()
+        .find(|e| e.outcome == "rejected")
+        .expect("rejected");
+    assert!(rejected.actor.starts_with("127.0.0.1:"), "{rejected:?}");
+    // The series' patient name never reaches the audit trail.
+    for e in &events {
+        assert!(
+            !e.detail.contains("PHANTOM") && !e.actor.contains("PHANTOM"),
+            "{e:?}"
+        );
+    }
+}
