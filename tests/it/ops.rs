@@ -327,3 +327,53 @@ fn associations_and_rejections_are_audited_without_patient_data() {
         );
     }
 }
+
+#[test]
+fn past_the_disk_watermark_a_c_store_gets_a700_and_nothing_is_written() {
+    use crate::peers::{associate, c_store, dataset_bytes, mr_series, Node};
+    let dir = tempfile::tempdir().unwrap();
+    let files = mr_series(dir.path(), 1, 16);
+    let sop = kneenode::dicom::part10::read_header(&mut std::fs::File::open(&files[0]).unwrap())
+        .unwrap()
+        .sop_instance;
+    let used = kneenode::storage::disk_usage(&std::env::temp_dir())
+        .unwrap()
+        .used_percent;
+    assert!(
+        used > 1.0,
+        "the test needs a filesystem in use ({used:.1} %)"
+    );
+    let store_one = |watermark: f64| {
+        let node = Node::start_with(|c| c.storage.max_disk_used_percent = watermark);
+        let mut assoc = associate(node.addr);
+        let status = c_store(
+            &mut assoc,
+            kneenode::dicom::uids::MR_IMAGE,
+            &sop,
+            dataset_bytes(&files[0]),
+        );
+        assoc.release().ok();
+        let on_disk = walk(node.storage())
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+            .count();
+        (status, node.instance_rows().len(), on_disk)
+    };
+    // Just under the current usage: refused, nothing recorded, nothing on disk.
+    assert_eq!(store_one(used - 0.5), (0xA700, 0, 0));
+    // Above it: stored.
+    assert_eq!(store_one((used + 5.0).min(100.0)), (0x0000, 1, 1));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

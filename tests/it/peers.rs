@@ -48,6 +48,7 @@ impl Node {
         cfg.node.bind = "127.0.0.1".into();
         cfg.node.port = 0;
         cfg.node.read_timeout_s = 5;
+        cfg.storage.max_disk_used_percent = 100.0;
         configure(&mut cfg);
         let node = &cfg.node;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -55,7 +56,12 @@ impl Node {
             .enable_all()
             .build()
             .unwrap();
-        let store = Store::open(storage.path(), db.clone(), 100.0).unwrap();
+        let store = Store::open(
+            storage.path(),
+            db.clone(),
+            cfg.storage.max_disk_used_percent,
+        )
+        .unwrap();
         let (ended_tx, ended_rx) = tokio::sync::mpsc::unbounded_channel();
         let scp = rt
             .block_on(Scp::bind(node, store, Arc::new(ScpStats::default())))
@@ -82,6 +88,11 @@ impl Node {
             _storage: storage,
             _scratch: scratch,
         }
+    }
+
+    /// The storage folder.
+    pub fn storage(&self) -> &Path {
+        self._storage.path()
     }
 
     pub fn instance_rows(&self) -> Vec<(String, String, String)> {
