@@ -138,6 +138,12 @@ struct RunArgs {
     /// Mirroring test-time augmentation (slower, sometimes better).
     #[arg(long)]
     tta: bool,
+    /// For a multi-echo DICOM series: the echo number, or `rss` (root sum of squares).
+    #[arg(long)]
+    echo: Option<String>,
+    /// For a DICOM series of several orientations: sagittal, coronal or axial.
+    #[arg(long)]
+    plane: Option<String>,
 }
 
 /// Options of `kneenode worker`.
@@ -371,10 +377,23 @@ fn run_pipeline(cfg: &Config, args: &RunArgs) -> anyhow::Result<()> {
     use kneenode::pipeline::run::{run, RunOptions};
     let registry = Registry::load(&cfg.models.registry)?;
     let device = kneenode::device::select(&args.device)?;
+    let echo = args
+        .echo
+        .as_deref()
+        .map(|e| serde_json::from_value(e.parse::<i64>().map_or_else(|_| e.into(), Into::into)))
+        .transpose()
+        .context("--echo")?;
+    let plane = args
+        .plane
+        .as_deref()
+        .map(|p| serde_json::from_value(p.into()))
+        .transpose()
+        .context("--plane must be sagittal, coronal or axial")?;
     let options = RunOptions {
         model: args.model.clone(),
         device,
         tta: args.tta,
+        select: kneenode::volume::Selection { plane, echo },
     };
     let mut progress = StderrProgress(std::time::Instant::now());
     let out = run(&args.input, &args.out, &registry, &options, &mut progress)?;

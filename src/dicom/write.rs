@@ -33,6 +33,8 @@ pub struct SeriesInfo {
     pub series_number: i32,
     /// Laterality of the knee (`L` or `R`).
     pub laterality: String,
+    /// Echo Numbers (0018,0086) of every slice.
+    pub echo_number: i32,
 }
 
 impl Default for SeriesInfo {
@@ -47,6 +49,7 @@ impl Default for SeriesInfo {
             protocol_name: "knee_dess_sag".into(),
             series_number: 1,
             laterality: "R".into(),
+            echo_number: 1,
         }
     }
 }
@@ -168,7 +171,12 @@ pub fn write_mr_series(
         );
         put(&mut obj, tags::ECHO_TIME, VR::DS, "5.0");
         put(&mut obj, tags::REPETITION_TIME, VR::DS, "16.0");
-        put(&mut obj, tags::ECHO_NUMBERS, VR::IS, "1");
+        put(
+            &mut obj,
+            tags::ECHO_NUMBERS,
+            VR::IS,
+            info.echo_number.to_string(),
+        );
         put(&mut obj, tags::ECHO_TRAIN_LENGTH, VR::IS, "1");
         put(&mut obj, tags::MAGNETIC_FIELD_STRENGTH, VR::DS, "3");
         put(&mut obj, tags::PATIENT_POSITION, VR::CS, "FFS");

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::volume::{Echo, Plane, Selection};
+
 /// Which neural shape model(s) to fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -32,6 +34,13 @@ pub struct JobOptions {
     pub nsm_type: NsmType,
     /// Gaussian variance (mm²) applied before the cartilage surface is extracted, 0–2.
     pub cartilage_smoothing: f64,
+    /// kneenode's addition for multi-echo series: which echo to analyse (a number, or "rss" for
+    /// the root sum of squares of the echoes). Unset: the series must hold one echo.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo: Option<Echo>,
+    /// kneenode's addition for series that mix orientations: which plane to analyse.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plane: Option<Plane>,
 }
 
 impl Default for JobOptions {
@@ -41,6 +50,8 @@ impl Default for JobOptions {
             perform_nsm: true,
             nsm_type: NsmType::BoneAndCart,
             cartilage_smoothing: 0.3125,
+            echo: None,
+            plane: None,
         }
     }
 }
@@ -74,6 +85,14 @@ impl JobOptions {
             }
         }
         Ok(())
+    }
+
+    /// The part of a DICOM series these options select.
+    pub fn selection(&self) -> Selection {
+        Selection {
+            plane: self.plane,
+            echo: self.echo,
+        }
     }
 
     /// The canonical JSON form: fixed key order, defaults written out. Two option sets that mean

@@ -9,7 +9,7 @@ use tch::Device;
 use super::models::Registry;
 use super::postprocess::{fill_bone_holes, keep_largest_components};
 use super::segment::{load_model, segment_volume, SegmentVolumeError};
-use crate::volume::{self, Volume, VolumeError};
+use crate::volume::{self, Selection, Volume, VolumeError};
 
 /// Receives progress: stage `step` of `total`, named.
 pub trait Progress {
@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub device: Device,
     /// Mirroring test-time augmentation.
     pub tta: bool,
+    /// For DICOM series of several echoes or orientations: the part to analyse.
+    pub select: Selection,
 }
 
 /// What a run produced.
@@ -46,6 +48,8 @@ pub struct RunOutput {
     pub timings: Vec<(String, f64)>,
     /// Model name and version.
     pub model: (String, String),
+    /// For DICOM input: the files of the slices the image was made of, in slice order.
+    pub sources: Vec<PathBuf>,
 }
 
 /// Run failures, each mapping to one user-facing error code.
@@ -79,12 +83,16 @@ pub fn prefix_of(input: &Path) -> String {
     name
 }
 
-/// Reads an image: a DICOM folder, or a NIfTI / NRRD file.
-pub fn load_input(input: &Path) -> Result<Volume<f32>, VolumeError> {
+/// Reads an image: the part `select` names of a DICOM folder (with the files it was made of),
+/// or a NIfTI / NRRD file (with no files).
+pub fn load_input(
+    input: &Path,
+    select: &Selection,
+) -> Result<(Volume<f32>, Vec<PathBuf>), VolumeError> {
     if input.is_dir() {
-        volume::read_dicom_dir(input)
+        volume::read_dicom_selected(&volume::dicom_files(input)?, input, select)
     } else {
-        volume::read_image(input)
+        Ok((volume::read_image(input)?, Vec::new()))
     }
 }
 
@@ -104,7 +112,7 @@ pub fn run(
         clock = Instant::now();
     };
     progress.step(1, STEPS, "loading");
-    let image = load_input(input).map_err(RunError::Input)?;
+    let (image, sources) = load_input(input, &options.select).map_err(RunError::Input)?;
     let spec = registry
         .spec(options.model.as_deref())
         .map_err(SegmentVolumeError::from)?;
@@ -140,5 +148,6 @@ pub fn run(
         files: vec![nii, nrrd],
         timings,
         model: (spec.manifest.name.clone(), spec.manifest.version.clone()),
+        sources,
     })
 }

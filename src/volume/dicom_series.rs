@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use dicom_core::PrimitiveValue;
 use dicom_dictionary_std::tags;
 
+use super::select::{Echo, Plane, Selection};
 use super::{Geometry, Volume, VolumeError};
 
 /// Relative tolerance on slice spacing before a series counts as unevenly spaced.
@@ -228,22 +229,87 @@ pub fn read_dicom_dir(dir: &Path) -> Result<Volume<f32>, VolumeError> {
 }
 
 /// The files of a series folder that are read as DICOM: `.dcm` or no extension, sorted by name.
+/// Where the store kept several revisions of one instance (`<sop>.dcm`, `<sop>.r2.dcm`, …: the
+/// same SOP Instance UID sent again with other content), only the latest counts.
 pub fn dicom_files(dir: &Path) -> Result<Vec<PathBuf>, VolumeError> {
     let io = |error| VolumeError::Io {
         path: dir.to_owned(),
         error,
     };
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut latest: BTreeMap<String, (u32, PathBuf)> = BTreeMap::new();
+    for path in std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_none_or(|e| e.eq_ignore_ascii_case("dcm")))
-        .collect();
+    {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (stem, revision) = revision_of(&name);
+        match latest.get(&stem) {
+            Some((r, _)) if *r >= revision => {}
+            _ => {
+                latest.insert(stem, (revision, path));
+            }
+        }
+    }
+    let mut paths: Vec<PathBuf> = latest.into_values().map(|(_, p)| p).collect();
     paths.sort();
     Ok(paths)
 }
 
-/// Reads the given files as one volume; `dir` names the series in errors.
+/// `1.2.3.dcm` → ("1.2.3", 1); `1.2.3.r2.dcm` → ("1.2.3", 2); other names are their own stem.
+fn revision_of(name: &str) -> (String, u32) {
+    let Some(stem) = name.strip_suffix(".dcm") else {
+        return (name.to_owned(), 1);
+    };
+    match stem.rsplit_once('.') {
+        Some((sop, r)) if r.len() > 1 && r.starts_with('r') => match r[1..].parse::<u32>() {
+            Ok(n) => (sop.to_owned(), n),
+            Err(_) => (stem.to_owned(), 1),
+        },
+        _ => (stem.to_owned(), 1),
+    }
+}
+
+/// Reads the given files as one volume; `dir` names the series in errors. The series must hold
+/// one orientation and one echo.
 pub fn read_dicom_series(paths: &[PathBuf], dir: &Path) -> Result<Volume<f32>, VolumeError> {
+    read_dicom_selected(paths, dir, &Selection::default()).map(|(v, _)| v)
+}
+
+type Groups = BTreeMap<(Vec<i64>, Option<i32>), Vec<Slice>>;
+
+fn normal_of(s: &Slice) -> [f64; 3] {
+    let o = s.orientation;
+    cross([o[0], o[1], o[2]], [o[3], o[4], o[5]])
+}
+
+/// "40 sagittal slices (echo 1); 3 axial slices" for messages.
+fn describe(groups: &Groups) -> String {
+    groups
+        .iter()
+        .map(|((_, echo), v)| {
+            format!(
+                "{} {} slices{}",
+                v.len(),
+                Plane::of_normal(normal_of(&v[0])),
+                echo.map(|e| format!(" (echo {e})")).unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Reads the part of the series that `select` names (a plane, an echo, or the root sum of
+/// squares of the echoes). Returns the volume and the files of the slices it was made of, in
+/// slice order (for a root sum of squares, the lowest echo's).
+pub fn read_dicom_selected(
+    paths: &[PathBuf],
+    dir: &Path,
+    select: &Selection,
+) -> Result<(Volume<f32>, Vec<PathBuf>), VolumeError> {
     if paths.is_empty() {
         return Err(series_error(dir, "no DICOM files"));
     }
@@ -259,32 +325,83 @@ pub fn read_dicom_series(paths: &[PathBuf], dir: &Path) -> Result<Volume<f32>, V
             format!("the files belong to {} different series", series.len()),
         ));
     }
-    let mut groups: BTreeMap<(Vec<i64>, Option<i32>), Vec<Slice>> = BTreeMap::new();
+    let mut groups: Groups = BTreeMap::new();
     for s in slices {
         groups.entry(group_key(&s)).or_default().push(s);
     }
+    let all = describe(&groups);
+    if let Some(plane) = select.plane {
+        groups.retain(|_, v| Plane::of_normal(normal_of(&v[0])) == plane);
+        if groups.is_empty() {
+            return Err(series_error(
+                dir,
+                format!("no {plane} slices in the series ({all})"),
+            ));
+        }
+    }
+    match select.echo {
+        Some(Echo::Number(n)) => {
+            groups.retain(|(_, echo), _| *echo == Some(n));
+            if groups.is_empty() {
+                return Err(series_error(
+                    dir,
+                    format!("no echo {n} in the series ({all})"),
+                ));
+            }
+        }
+        Some(Echo::RootSumOfSquares) if groups.len() > 1 => {
+            let orientations: std::collections::BTreeSet<&Vec<i64>> =
+                groups.keys().map(|(o, _)| o).collect();
+            if orientations.len() > 1 {
+                return Err(series_error(
+                    dir,
+                    format!("echoes can only be combined in one orientation; pick a plane ({all})"),
+                ));
+            }
+            let mut stacks = groups
+                .into_values()
+                .map(|g| stack(g, dir))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (first, files) = stacks.remove(0);
+            let mut sum: Vec<f32> = first.data().iter().map(|v| v * v).collect();
+            for (other, _) in &stacks {
+                if other.dims() != first.dims()
+                    || !other.geometry().approx_eq(first.geometry(), 1e-3)
+                {
+                    return Err(series_error(
+                        dir,
+                        "the echoes do not share one grid and cannot be combined",
+                    ));
+                }
+                for (acc, v) in sum.iter_mut().zip(other.data()) {
+                    *acc += v * v;
+                }
+            }
+            let combined = first.with_data(sum.into_iter().map(f32::sqrt).collect())?;
+            return Ok((combined, files));
+        }
+        _ => {}
+    }
     if groups.len() > 1 {
-        let parts: Vec<String> = groups
-            .iter()
-            .map(|((o, echo), v)| {
-                format!(
-                    "{} slices with orientation {:?}{}",
-                    v.len(),
-                    o,
-                    echo.map(|e| format!(" echo {e}")).unwrap_or_default()
-                )
-            })
-            .collect();
         return Err(series_error(
             dir,
             format!(
-                "the series mixes {} orientations or echoes ({}); a routing rule must pick one",
+                "the series mixes {} orientations or echoes ({}); a routing rule must pick one \
+                 (echo = N, echo = \"rss\" or plane = \"sagittal\" | \"coronal\" | \"axial\")",
                 groups.len(),
-                parts.join("; ")
+                describe(&groups)
             ),
         ));
     }
-    let mut slices = groups.into_values().next().unwrap_or_default();
+    stack(groups.into_values().next().unwrap_or_default(), dir)
+}
+
+/// Stacks the slices of one orientation and echo into a volume; returns it with the slices'
+/// files in slice order.
+fn stack(mut slices: Vec<Slice>, dir: &Path) -> Result<(Volume<f32>, Vec<PathBuf>), VolumeError> {
+    if slices.is_empty() {
+        return Err(series_error(dir, "no DICOM files"));
+    }
     let first = &slices[0];
     let (rows, cols, pixel_spacing) = (first.rows, first.cols, first.pixel_spacing);
     if let Some(odd) = slices.iter().find(|s| {
@@ -365,8 +482,10 @@ pub fn read_dicom_series(paths: &[PathBuf], dir: &Path) -> Result<Volume<f32>, V
         .map_err(|e| series_error(dir, format!("invalid geometry: {e}")))?;
     let nz = slices.len();
     let mut data = Vec::with_capacity(rows * cols * nz);
+    let mut files = Vec::with_capacity(nz);
     for s in slices {
         data.extend_from_slice(&s.pixels);
+        files.push(s.path);
     }
-    Volume::from_vec([cols, rows, nz], data, geometry)
+    Ok((Volume::from_vec([cols, rows, nz], data, geometry)?, files))
 }

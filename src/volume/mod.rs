@@ -12,6 +12,7 @@ mod linalg;
 pub mod nifti;
 pub mod nrrd;
 pub mod resample;
+pub mod select;
 #[cfg(test)]
 mod tests;
 mod voxel;
@@ -21,11 +22,12 @@ use std::io::{self, BufWriter, Read, Write};
 use std::ops::{Index, IndexMut};
 use std::path::{Path, PathBuf};
 
-pub use dicom_series::{dicom_files, read_dicom_dir, read_dicom_series};
+pub use dicom_series::{dicom_files, read_dicom_dir, read_dicom_selected, read_dicom_series};
 pub use geometry::{orientation_code, Geometry};
 pub use nifti::{read_nifti_f32, read_nifti_labels, write_nifti};
 pub use nrrd::{read_nrrd_f32, read_nrrd_labels, write_nrrd};
 pub use resample::{reorient_to, resample_linear, resample_nearest};
+pub use select::{Echo, Plane, Selection};
 pub use voxel::Voxel;
 
 /// The most voxels a file may declare (2³¹, e.g. 1290³). Checked before anything is

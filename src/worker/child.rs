@@ -156,6 +156,7 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
         model,
         device,
         tta: false,
+        select: job.options.selection(),
     };
     let out = run(
         &job.input_path,
@@ -199,7 +200,7 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
     if job.input_path.is_dir() {
         dicom = write_dicom(
             &job,
-            dir,
+            &out.sources,
             &results_dir,
             &prefix,
             &out.labels,
@@ -256,7 +257,7 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
 /// Writes the SEG and the SR into the results folder; returns their paths.
 fn write_dicom(
     job: &JobFile,
-    _dir: &Path,
+    sources: &[PathBuf],
     results_dir: &Path,
     prefix: &str,
     labels: &crate::volume::Volume<u8>,
@@ -269,14 +270,12 @@ fn write_dicom(
         }
         None => SegmentCatalog::builtin(),
     };
-    let sources =
-        crate::volume::dicom_files(&job.input_path).map_err(|e| failure(volume_code(&e), e))?;
     let algorithm = format!("kneenode {}", model.0);
     let seg_path = results_dir.join(format!("{prefix}_seg.dcm"));
     let seg = write_seg(
         &SegRequest {
             labels,
-            sources: &sources,
+            sources,
             catalog: &catalog,
             job_id: &job.job_id,
             algorithm_name: &algorithm,

@@ -133,7 +133,14 @@ impl Supervisor {
             input_path: input,
             options,
             models_registry: absolute(&self.config.models.registry),
-            segments_catalog: None,
+            // dicom_config/segments.toml beside the registry, when there is one.
+            segments_catalog: self
+                .config
+                .models
+                .registry
+                .parent()
+                .map(|d| absolute(&d.join("segments.toml")))
+                .filter(|p| p.is_file()),
             device: self.device.clone(),
             created_at: job.created_at,
             seg_series_number: SEG_SERIES_NUMBER,

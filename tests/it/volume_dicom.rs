@@ -117,3 +117,78 @@ fn the_phantom_series_reads_back_as_the_phantom() {
         .zip(phantom.image.data())
         .all(|(a, b)| *a == f32::from(*b)));
 }
+
+#[test]
+fn a_rule_picks_an_echo_combines_echoes_or_picks_a_plane() {
+    use kneenode::volume::{read_dicom_selected, Echo, Plane, Selection};
+    let dir = tempfile::tempdir().unwrap();
+    let info = SeriesInfo::default();
+    let vol = oblique_volume();
+    let echo1 = write_mr_series(&vol, &info, &dir.path().join("e1")).unwrap();
+    let doubled = vol.map(|v| v * 2);
+    let echo2_info = SeriesInfo {
+        echo_number: 2,
+        ..info.clone()
+    };
+    let echo2 = write_mr_series(&doubled, &echo2_info, &dir.path().join("e2")).unwrap();
+    let both: Vec<PathBuf> = echo1.iter().chain(echo2.iter()).cloned().collect();
+    let here = Path::new("series");
+
+    let err = read_dicom_series(&both, here).unwrap_err();
+    assert!(err.to_string().contains("echo = N"), "{err}");
+    let pick = |echo, plane| Selection { plane, echo };
+    let (v, files) = read_dicom_selected(&both, here, &pick(Some(Echo::Number(2)), None)).unwrap();
+    assert_eq!(v.data()[5], f32::from(doubled.data()[5]));
+    assert!(files.iter().all(|f| echo2.contains(f)) && files.len() == echo2.len());
+    let (rss, files) =
+        read_dicom_selected(&both, here, &pick(Some(Echo::RootSumOfSquares), None)).unwrap();
+    for i in [0, 17, 999] {
+        let want = (f32::from(vol.data()[i]).powi(2) + f32::from(doubled.data()[i]).powi(2)).sqrt();
+        assert!(
+            (rss.data()[i] - want).abs() < 1e-3,
+            "{i}: {} vs {want}",
+            rss.data()[i]
+        );
+    }
+    assert!(
+        files.iter().all(|f| echo1.contains(f)),
+        "the SEG references echo 1"
+    );
+    let err = read_dicom_selected(&both, here, &pick(Some(Echo::Number(3)), None)).unwrap_err();
+    assert!(err.to_string().contains("no echo 3"), "{err}");
+
+    // A sagittal stack stored in the same series: the rule picks one plane or the other.
+    let mut sag = oblique_volume();
+    let mut g = *sag.geometry();
+    g.direction = [[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]];
+    sag.set_geometry(g);
+    let sag_files = write_mr_series(&sag, &info, &dir.path().join("sag")).unwrap();
+    let mixed: Vec<PathBuf> = echo1.iter().chain(sag_files.iter()).cloned().collect();
+    let plane = Plane::of_normal({
+        let d = vol.geometry().direction;
+        [d[0][2], d[1][2], d[2][2]]
+    });
+    assert_ne!(plane, Plane::Sagittal, "the test needs two planes");
+    let (v, files) = read_dicom_selected(&mixed, here, &pick(None, Some(plane))).unwrap();
+    assert_eq!(v.dims(), vol.dims());
+    assert_eq!(files.len(), echo1.len());
+    let (v, files) = read_dicom_selected(&mixed, here, &pick(None, Some(Plane::Sagittal))).unwrap();
+    assert_eq!(v.geometry().direction, g.direction);
+    assert!(files.iter().all(|f| sag_files.contains(f)));
+    let err = read_dicom_selected(&both, here, &pick(None, Some(Plane::Sagittal))).unwrap_err();
+    assert!(err.to_string().contains("no sagittal slices"), "{err}");
+}
+
+#[test]
+fn only_the_latest_revision_of_an_instance_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_mr_series(&oblique_volume(), &SeriesInfo::default(), dir.path()).unwrap();
+    // The store keeps a changed re-send of an instance beside it as <name>.r2.dcm.
+    let first = &files[0];
+    let r2 = first.with_extension("r2.dcm");
+    std::fs::copy(first, &r2).unwrap();
+    let listed = kneenode::volume::dicom_files(dir.path()).unwrap();
+    assert_eq!(listed.len(), files.len());
+    assert!(listed.contains(&r2) && !listed.contains(first));
+    assert!(read_dicom_dir(dir.path()).is_ok());
+}
