@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what kneenode's tests talk to: dcmtk and dicom3tools (real DICOM peers and
-# the validator), PostgreSQL (one of the two job-table backends), and libtorch. Safe to rerun:
-# each step does nothing when its part is already there.
+# the validator), PostgreSQL (one of the two job-table backends), systemd's tools (the units'
+# checks), and libtorch. Safe to rerun: each step does nothing when its part is already there.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -11,6 +11,8 @@ need=()
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
+# systemd-analyze, systemd-sysusers and systemd-tmpfiles check the units (no running systemd needed).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test-deps: installing ${need[*]}" >&2
     sudo_ apt-get update -qq

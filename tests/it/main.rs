@@ -21,6 +21,7 @@ mod seg;
 mod segment;
 mod series;
 mod sr;
+mod systemd;
 mod tls;
 mod torch;
 mod volume_dicom;
