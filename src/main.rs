@@ -509,7 +509,8 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
         )
     })?;
     let (ended_tx, ended_rx) = tokio::sync::mpsc::unbounded_channel();
-    let scp = Scp::bind(&cfg.node, store, Arc::new(ScpStats::default()))
+    let scp_stats = Arc::new(ScpStats::default());
+    let scp = Scp::bind(&cfg.node, store, scp_stats.clone())
         .await
         .with_context(|| format!("binding the DICOM port {}:{}", cfg.node.bind, cfg.node.port))?
         .notify_ended(ended_tx);
@@ -530,7 +531,7 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
     let dispatcher_task = tokio::spawn(dispatcher.run(Duration::from_secs(2), stop_rx.clone()));
 
     let portal = if services.portal {
-        let portal = kneenode::portal::Portal::bind(&cfg, db.clone())
+        let portal = kneenode::portal::Portal::bind(&cfg, db.clone(), Some(scp_stats.clone()))
             .context("starting the HTTP server (portal.bind, portal.port)")?;
         info!(addr = %portal.local_addr(), "portal listening (internal API for remote workers)");
         Some(portal.start())

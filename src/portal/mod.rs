@@ -3,6 +3,7 @@
 //! (jobs, uploads, downloads, users) is being built on the same server.
 
 pub mod internal;
+pub mod metrics;
 pub mod token;
 
 use std::net::SocketAddr;
@@ -36,8 +37,13 @@ pub enum PortalError {
 }
 
 impl Portal {
-    /// Binds `portal.bind:portal.port` with the internal API mounted.
-    pub fn bind(cfg: &Config, db: Db) -> Result<Portal, PortalError> {
+    /// Binds `portal.bind:portal.port` with the internal API and `/metrics` mounted; `scp`
+    /// gives the metrics the SCP's counters when this process runs it.
+    pub fn bind(
+        cfg: &Config,
+        db: Db,
+        scp: Option<std::sync::Arc<crate::dicom::scp::ScpStats>>,
+    ) -> Result<Portal, PortalError> {
         let token = token::load_or_create(&cfg.portal.internal_token_file)?;
         let state = web::Data::new(internal::State {
             db,
@@ -46,11 +52,18 @@ impl Portal {
             token,
             max_upload_bytes: cfg.portal.max_upload_mb.saturating_mul(1 << 20),
         });
+        let sources = web::Data::new(metrics::Sources {
+            db: state.db.clone(),
+            scp,
+            storage_dir: cfg.storage.dir.clone(),
+        });
         let addr = format!("{}:{}", cfg.portal.bind, cfg.portal.port);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(sources.clone())
                 .configure(internal::routes)
+                .configure(metrics::routes)
         })
         .workers(2)
         .disable_signals()

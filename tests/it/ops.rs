@@ -377,3 +377,40 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn metrics_count_associations_jobs_and_audit_events() {
+    use crate::peers::{echoscu, wait_for, NodeProcess};
+    let (scratch, _db) = crate::common::fresh(crate::common::Backend::Sqlite, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let node = NodeProcess::start_verb(
+        dir.path(),
+        &crate::worker::node_config(&storage, &scratch.url, crate::peers::free_port()),
+        "serve --no-workers",
+    );
+    let portal = node.logged_addr("portal listening");
+    assert!(echoscu(node.addr, "ANYONE"));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let text = wait_for(
+        "the association in /metrics",
+        Duration::from_secs(10),
+        || {
+            let mut r = agent.get(format!("http://{portal}/metrics")).call().ok()?;
+            let text = r.body_mut().read_to_string().ok()?;
+            text.contains("kneenode_audit_events{kind=\"association\",outcome=\"released\"} 1")
+                .then_some(text)
+        },
+    );
+    for want in [
+        "# TYPE kneenode_dicom_associations_total counter",
+        "kneenode_dicom_associations_total 1\n",
+        "kneenode_info{version=\"",
+        "kneenode_storage_disk_used_percent ",
+    ] {
+        assert!(text.contains(want), "{want:?} not in\n{text}");
+    }
+}
