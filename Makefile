@@ -4,6 +4,7 @@
 
 # Run the node: embedded SQLite in ./storage, no configuration file needed.
 run: libtorch
+	scripts/build-deps.sh
 	cargo run --release -- serve
 
 # Run the tests, after installing and starting what they need (dcmtk, PostgreSQL, libtorch).

@@ -57,7 +57,7 @@ if [ -z "$DESTDIR" ] && [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- the binary ---
-build='cd "$1" && scripts/setup-libtorch.sh && cargo build --release --bin kneenode'
+build='cd "$1" && scripts/build-deps.sh && scripts/setup-libtorch.sh && cargo build --release --bin kneenode'
 if [ "${NO_BUILD:-0}" = 1 ]; then
     :
 elif [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ] && [ "$(id -u)" -eq 0 ]; then

@@ -13,6 +13,8 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 # systemd-analyze, systemd-sysusers and systemd-tmpfiles check the units (no running systemd needed).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# gdcmconv makes the JPEG 2000 test series (dcmtk has no JPEG 2000 encoder).
+command -v gdcmconv >/dev/null 2>&1 || need+=(libgdcm-tools)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test-deps: installing ${need[*]}" >&2
     sudo_ apt-get update -qq
@@ -29,4 +31,5 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
 fi
 pg_isready -h 127.0.0.1 -p 5432 >&2
 
+"$here/build-deps.sh"
 "$here/setup-libtorch.sh"

@@ -2,8 +2,9 @@
 //! checked for gaps, duplicates and uneven spacing, and stacked with exact LPS geometry.
 //!
 //! Slice spacing comes from the positions, never from SliceThickness (which is the excitation
-//! thickness and often differs). Rescale slope and intercept are applied. Compressed transfer
-//! syntaxes and enhanced multi-frame objects are refused with a clear message for now.
+//! thickness and often differs). Rescale slope and intercept are applied. Every transfer syntax
+//! the SCP accepts is read: uncompressed ones directly, JPEG, JPEG-LS, JPEG 2000 and RLE through
+//! dicom-pixeldata. Enhanced multi-frame objects are refused with a clear message for now.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -76,12 +77,6 @@ fn read_slice(path: &Path) -> Result<Slice, VolumeError> {
             | "1.2.840.10008.1.2.2"
             | "1.2.840.10008.1.2.1.99"
     );
-    if !uncompressed {
-        return Err(VolumeError::Unsupported {
-            path: path.to_owned(),
-            what: format!("compressed transfer syntax {ts} (decoding is not available yet)"),
-        });
-    }
     let int = |tag| obj.get(tag).and_then(|e| e.to_int::<i64>().ok());
     if int(tags::NUMBER_OF_FRAMES).is_some_and(|n| n > 1) {
         return Err(VolumeError::Unsupported {
@@ -112,42 +107,11 @@ fn read_slice(path: &Path) -> Result<Slice, VolumeError> {
         .get(tags::RESCALE_INTERCEPT)
         .and_then(|e| e.to_float64().ok())
         .unwrap_or(0.0);
-    let raw = obj
-        .get(tags::PIXEL_DATA)
-        .and_then(|e| e.value().primitive())
-        .ok_or_else(|| malformed(path, "no Pixel Data"))?;
     let n = rows * cols;
-    let values: Vec<f64> = match (raw, bits, signed) {
-        (PrimitiveValue::U16(v), 16, false) => v.iter().map(|&x| f64::from(x)).collect(),
-        (PrimitiveValue::U16(v), 16, true) => v.iter().map(|&x| f64::from(x as i16)).collect(),
-        (PrimitiveValue::I16(v), 16, _) => v.iter().map(|&x| f64::from(x)).collect(),
-        (PrimitiveValue::U8(b), 16, _) => b
-            .chunks_exact(2)
-            .map(|c| {
-                let u = u16::from_le_bytes([c[0], c[1]]);
-                if signed {
-                    f64::from(u as i16)
-                } else {
-                    f64::from(u)
-                }
-            })
-            .collect(),
-        (PrimitiveValue::U8(b), 8, _) => b
-            .iter()
-            .map(|&x| {
-                if signed {
-                    f64::from(x as i8)
-                } else {
-                    f64::from(x)
-                }
-            })
-            .collect(),
-        _ => {
-            return Err(VolumeError::Unsupported {
-                path: path.to_owned(),
-                what: format!("pixel data with {bits} bits allocated"),
-            })
-        }
+    let values: Vec<f64> = if uncompressed {
+        raw_samples(&obj, path, bits, signed)?
+    } else {
+        decoded_samples(&obj, path, &ts)?
     };
     if values.len() < n {
         return Err(VolumeError::Truncated {
@@ -198,6 +162,71 @@ fn read_slice(path: &Path) -> Result<Slice, VolumeError> {
             .map(|&v| (v * slope + intercept) as f32)
             .collect(),
     })
+}
+
+/// Sample values of uncompressed Pixel Data (no rescale).
+fn raw_samples(
+    obj: &dicom_object::DefaultDicomObject,
+    path: &Path,
+    bits: i64,
+    signed: bool,
+) -> Result<Vec<f64>, VolumeError> {
+    let raw = obj
+        .get(tags::PIXEL_DATA)
+        .and_then(|e| e.value().primitive())
+        .ok_or_else(|| malformed(path, "no Pixel Data"))?;
+    Ok(match (raw, bits, signed) {
+        (PrimitiveValue::U16(v), 16, false) => v.iter().map(|&x| f64::from(x)).collect(),
+        (PrimitiveValue::U16(v), 16, true) => v.iter().map(|&x| f64::from(x as i16)).collect(),
+        (PrimitiveValue::I16(v), 16, _) => v.iter().map(|&x| f64::from(x)).collect(),
+        (PrimitiveValue::U8(b), 16, _) => b
+            .chunks_exact(2)
+            .map(|c| {
+                let u = u16::from_le_bytes([c[0], c[1]]);
+                if signed {
+                    f64::from(u as i16)
+                } else {
+                    f64::from(u)
+                }
+            })
+            .collect(),
+        (PrimitiveValue::U8(b), 8, _) => b
+            .iter()
+            .map(|&x| {
+                if signed {
+                    f64::from(x as i8)
+                } else {
+                    f64::from(x)
+                }
+            })
+            .collect(),
+        _ => {
+            return Err(VolumeError::Unsupported {
+                path: path.to_owned(),
+                what: format!("pixel data with {bits} bits allocated"),
+            })
+        }
+    })
+}
+
+/// Sample values of encapsulated (compressed) Pixel Data, decoded by dicom-pixeldata: JPEG
+/// baseline and lossless, JPEG-LS, JPEG 2000 and RLE (no rescale).
+fn decoded_samples(
+    obj: &dicom_object::DefaultDicomObject,
+    path: &Path,
+    ts: &str,
+) -> Result<Vec<f64>, VolumeError> {
+    use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
+    let decoded = obj
+        .decode_pixel_data()
+        .map_err(|e| VolumeError::Unsupported {
+            path: path.to_owned(),
+            what: format!("pixel data in transfer syntax {ts} that cannot be decoded: {e}"),
+        })?;
+    let raw = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
+    decoded
+        .to_vec_with_options::<f64>(&raw)
+        .map_err(|e| malformed(path, format!("decoding the pixel data: {e}")))
 }
 
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {

@@ -21,7 +21,7 @@ fn echoscu_succeeds() {
 
 /// dcmtk tool and arguments that turn explicit-LE files into each accepted transfer syntax.
 /// The last element is storescu's proposal option, so that the file goes over the wire as is.
-const TRANSCODES: [(&str, &[&str], &str, &str); 7] = [
+pub const TRANSCODES: [(&str, &[&str], &str, &str); 7] = [
     (
         "implicit LE",
         &["dcmconv", "+ti"],

@@ -192,3 +192,37 @@ fn only_the_latest_revision_of_an_instance_is_read() {
     assert!(listed.contains(&r2) && !listed.contains(first));
     assert!(read_dicom_dir(dir.path()).is_ok());
 }
+
+#[test]
+fn every_accepted_compressed_syntax_decodes_to_the_same_voxels() {
+    let dir = tempfile::tempdir().unwrap();
+    let phantom = kneenode::phantom::generate(&kneenode::phantom::PhantomParams::small(5));
+    let original = write_mr_series(
+        &phantom.image,
+        &SeriesInfo::default(),
+        &dir.path().join("o"),
+    )
+    .unwrap();
+    let want = read_dicom_dir(&dir.path().join("o")).unwrap();
+    // dcmtk's encoders (as the SCP test uses them), and GDCM's for JPEG 2000 lossless.
+    let mut tools: Vec<(&str, Vec<&str>)> = crate::scp::TRANSCODES
+        .iter()
+        .map(|(name, tool, _, _)| (*name, tool.to_vec()))
+        .collect();
+    tools.push(("JPEG 2000 lossless", vec!["gdcmconv", "--j2k"]));
+    for (name, tool) in tools {
+        let out_dir = dir.path().join(name.replace(' ', "_"));
+        std::fs::create_dir_all(&out_dir).unwrap();
+        for f in &original {
+            let out = out_dir.join(f.file_name().unwrap());
+            crate::common::run_ok(Command::new(tool[0]).args(&tool[1..]).arg(f).arg(&out));
+        }
+        let got = read_dicom_dir(&out_dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got.dims(), want.dims(), "{name}");
+        assert!(got.geometry().approx_eq(want.geometry(), 1e-9), "{name}");
+        assert!(
+            got.data() == want.data(),
+            "{name}: voxels differ from the uncompressed series"
+        );
+    }
+}
