@@ -182,6 +182,10 @@ struct PhantomArgs {
     /// No random rotation, shift or scale.
     #[arg(long)]
     no_pose: bool,
+    /// Write the DICOM as one Enhanced MR instance (dicom/enhanced.dcm) instead of one file per
+    /// slice.
+    #[arg(long)]
+    enhanced: bool,
 }
 
 #[derive(Subcommand)]
@@ -432,14 +436,21 @@ fn write_phantom(args: &PhantomArgs) -> anyhow::Result<()> {
         series_description: format!("SAG 3D DESS PHANTOM seed {}", args.seed),
         ..Default::default()
     };
-    let files =
-        kneenode::dicom::write::write_mr_series(&phantom.image, &info, &args.out.join("dicom"))?;
+    let files = if args.enhanced {
+        vec![kneenode::dicom::write_enhanced::write_enhanced_mr(
+            &[&phantom.image],
+            &info,
+            &args.out.join("dicom").join("enhanced.dcm"),
+        )?]
+    } else {
+        kneenode::dicom::write::write_mr_series(&phantom.image, &info, &args.out.join("dicom"))?
+    };
     kneenode::volume::write_nifti(&args.out.join("image.nii.gz"), &phantom.image)?;
     kneenode::volume::write_nifti(&args.out.join("labels.nii.gz"), &phantom.labels)?;
     kneenode::volume::write_nrrd(&args.out.join("labels.nrrd"), &phantom.labels)?;
     let v = tissue_volumes_mm3(&phantom.labels);
     println!(
-        "phantom seed {} ({:?} voxels, {:.1} s): {} DICOM slices, image.nii.gz, labels.nii.gz/.nrrd in {}",
+        "phantom seed {} ({:?} voxels, {:.1} s): {} DICOM file(s), image.nii.gz, labels.nii.gz/.nrrd in {}",
         args.seed,
         phantom.image.dims(),
         started.elapsed().as_secs_f64(),

@@ -17,3 +17,4 @@ pub mod tls;
 pub mod uid;
 pub mod uids;
 pub mod write;
+pub mod write_enhanced;

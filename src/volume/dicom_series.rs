@@ -18,35 +18,35 @@ use super::{Geometry, Volume, VolumeError};
 /// Relative tolerance on slice spacing before a series counts as unevenly spaced.
 const SPACING_TOLERANCE: f64 = 0.01;
 
-/// One slice's header and pixels.
-struct Slice {
-    path: PathBuf,
-    series_uid: String,
-    orientation: [f64; 6],
-    position: [f64; 3],
-    pixel_spacing: [f64; 2],
-    rows: usize,
-    cols: usize,
-    echo: Option<i32>,
-    pixels: Vec<f32>,
+/// One slice's header and pixels (a classic instance, or one frame of an enhanced one).
+pub(super) struct Slice {
+    pub(super) path: PathBuf,
+    pub(super) series_uid: String,
+    pub(super) orientation: [f64; 6],
+    pub(super) position: [f64; 3],
+    pub(super) pixel_spacing: [f64; 2],
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) echo: Option<i32>,
+    pub(super) pixels: Vec<f32>,
 }
 
-fn series_error(dir: &Path, reason: impl Into<String>) -> VolumeError {
+pub(super) fn series_error(dir: &Path, reason: impl Into<String>) -> VolumeError {
     VolumeError::DicomSeries {
         dir: dir.to_owned(),
         reason: reason.into(),
     }
 }
 
-fn malformed(path: &Path, reason: impl Into<String>) -> VolumeError {
+pub(super) fn malformed(path: &Path, reason: impl Into<String>) -> VolumeError {
     VolumeError::Malformed {
         path: path.to_owned(),
         reason: reason.into(),
     }
 }
 
-fn floats(
-    obj: &dicom_object::DefaultDicomObject,
+pub(super) fn floats(
+    obj: &dicom_object::InMemDicomObject,
     tag: dicom_core::Tag,
     n: usize,
     path: &Path,
@@ -62,9 +62,26 @@ fn floats(
     Ok(v)
 }
 
-fn read_slice(path: &Path) -> Result<Slice, VolumeError> {
+/// The slices of one file: one for a classic instance, one per frame for an enhanced one.
+fn read_file(path: &Path) -> Result<Vec<Slice>, VolumeError> {
     let obj = dicom_object::open_file(path)
         .map_err(|e| malformed(path, format!("not a readable DICOM file: {e}")))?;
+    let frames = obj
+        .get(tags::NUMBER_OF_FRAMES)
+        .and_then(|e| e.to_int::<i64>().ok())
+        .unwrap_or(1);
+    if frames > 1
+        || obj
+            .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+            .is_some()
+    {
+        return super::enhanced::frames(&obj, path);
+    }
+    read_slice(&obj, path).map(|s| vec![s])
+}
+
+/// The transfer syntax of a file and whether its pixel data is stored uncompressed.
+pub(super) fn transfer_syntax(obj: &dicom_object::DefaultDicomObject) -> (String, bool) {
     let ts = obj
         .meta()
         .transfer_syntax()
@@ -77,13 +94,27 @@ fn read_slice(path: &Path) -> Result<Slice, VolumeError> {
             | "1.2.840.10008.1.2.2"
             | "1.2.840.10008.1.2.1.99"
     );
+    (ts, uncompressed)
+}
+
+/// Every sample of the pixel data (all frames), without rescale.
+pub(super) fn samples(
+    obj: &dicom_object::DefaultDicomObject,
+    path: &Path,
+) -> Result<Vec<f64>, VolumeError> {
     let int = |tag| obj.get(tag).and_then(|e| e.to_int::<i64>().ok());
-    if int(tags::NUMBER_OF_FRAMES).is_some_and(|n| n > 1) {
-        return Err(VolumeError::Unsupported {
-            path: path.to_owned(),
-            what: "multi-frame (enhanced) images".into(),
-        });
+    let (ts, uncompressed) = transfer_syntax(obj);
+    if uncompressed {
+        let bits = int(tags::BITS_ALLOCATED).unwrap_or(16);
+        let signed = int(tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1;
+        raw_samples(obj, path, bits, signed)
+    } else {
+        decoded_samples(obj, path, &ts)
     }
+}
+
+fn read_slice(obj: &dicom_object::DefaultDicomObject, path: &Path) -> Result<Slice, VolumeError> {
+    let int = |tag| obj.get(tag).and_then(|e| e.to_int::<i64>().ok());
     let rows = int(tags::ROWS)
         .filter(|r| *r > 0)
         .ok_or_else(|| malformed(path, "no Rows"))? as usize;
@@ -96,8 +127,6 @@ fn read_slice(path: &Path) -> Result<Slice, VolumeError> {
             what: "colour images".into(),
         });
     }
-    let bits = int(tags::BITS_ALLOCATED).unwrap_or(16);
-    let signed = int(tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1;
     let slope = obj
         .get(tags::RESCALE_SLOPE)
         .and_then(|e| e.to_float64().ok())
@@ -108,11 +137,7 @@ fn read_slice(path: &Path) -> Result<Slice, VolumeError> {
         .and_then(|e| e.to_float64().ok())
         .unwrap_or(0.0);
     let n = rows * cols;
-    let values: Vec<f64> = if uncompressed {
-        raw_samples(&obj, path, bits, signed)?
-    } else {
-        decoded_samples(&obj, path, &ts)?
-    };
+    let values = samples(obj, path)?;
     if values.len() < n {
         return Err(VolumeError::Truncated {
             path: path.to_owned(),
@@ -120,20 +145,20 @@ fn read_slice(path: &Path) -> Result<Slice, VolumeError> {
         });
     }
     let orientation = floats(
-        &obj,
+        obj,
         tags::IMAGE_ORIENTATION_PATIENT,
         6,
         path,
         "Image Orientation (Patient)",
     )?;
     let position = floats(
-        &obj,
+        obj,
         tags::IMAGE_POSITION_PATIENT,
         3,
         path,
         "Image Position (Patient)",
     )?;
-    let spacing = floats(&obj, tags::PIXEL_SPACING, 2, path, "Pixel Spacing")?;
+    let spacing = floats(obj, tags::PIXEL_SPACING, 2, path, "Pixel Spacing")?;
     if spacing.iter().any(|s| *s <= 0.0) {
         return Err(malformed(path, "Pixel Spacing must be positive"));
     }
@@ -342,10 +367,10 @@ pub fn read_dicom_selected(
     if paths.is_empty() {
         return Err(series_error(dir, "no DICOM files"));
     }
-    let slices = paths
-        .iter()
-        .map(|p| read_slice(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut slices = Vec::new();
+    for p in paths {
+        slices.extend(read_file(p)?);
+    }
     let series: std::collections::BTreeSet<&str> =
         slices.iter().map(|s| s.series_uid.as_str()).collect();
     if series.len() > 1 {
@@ -514,7 +539,10 @@ fn stack(mut slices: Vec<Slice>, dir: &Path) -> Result<(Volume<f32>, Vec<PathBuf
     let mut files = Vec::with_capacity(nz);
     for s in slices {
         data.extend_from_slice(&s.pixels);
-        files.push(s.path);
+        // The frames of an enhanced instance share one file.
+        if files.last() != Some(&s.path) && !files.contains(&s.path) {
+            files.push(s.path);
+        }
     }
     Ok((Volume::from_vec([cols, rows, nz], data, geometry)?, files))
 }

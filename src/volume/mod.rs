@@ -7,6 +7,7 @@
 //! model expects. Nothing here knows about the database, the network or DICOM.
 
 pub mod dicom_series;
+mod enhanced;
 pub mod geometry;
 mod linalg;
 pub mod nifti;

@@ -1,5 +1,6 @@
 //! Checks on the DICOM objects kneenode writes, shared by the SEG, SR and worker tests.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -48,16 +49,37 @@ fn position(obj: &dicom_object::InMemDicomObject) -> Vec<f64> {
         .unwrap()
 }
 
-/// Every frame of the SEG derives from one of `sources` and lies at that source's position.
+/// Image Position (Patient) of every source frame, by (SOP Instance UID, frame number): frame
+/// `None` for a classic instance, 1-based numbers for the frames of an enhanced one.
+fn source_positions(sources: &[PathBuf]) -> HashMap<(String, Option<i64>), Vec<f64>> {
+    let mut out = HashMap::new();
+    for p in sources {
+        let o = open_file(p).unwrap();
+        let uid = o.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap();
+        let uid = uid.trim_end_matches('\0').to_owned();
+        match o.element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE) {
+            Ok(frames) => {
+                for (i, f) in frames.items().unwrap().iter().enumerate() {
+                    let plane = &f
+                        .element(tags::PLANE_POSITION_SEQUENCE)
+                        .unwrap()
+                        .items()
+                        .unwrap()[0];
+                    out.insert((uid.clone(), Some(i as i64 + 1)), position(plane));
+                }
+            }
+            Err(_) => {
+                out.insert((uid, None), position(&o));
+            }
+        }
+    }
+    out
+}
+
+/// Every frame of the SEG derives from one of `sources` (a classic instance, or a frame of an
+/// enhanced one) and lies at that source's position.
 pub fn assert_frames_reference_sources(seg: &Path, sources: &[PathBuf]) {
-    let by_uid: std::collections::HashMap<String, Vec<f64>> = sources
-        .iter()
-        .map(|p| {
-            let o = open_file(p).unwrap();
-            let uid = o.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap();
-            (uid.trim_end_matches('\0').to_owned(), position(&o))
-        })
-        .collect();
+    let by_source = source_positions(sources);
     let seg = open_file(seg).unwrap();
     let frames = seg
         .element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
@@ -81,10 +103,16 @@ pub fn assert_frames_reference_sources(seg: &Path, sources: &[PathBuf]) {
             .unwrap()
             .to_str()
             .unwrap();
-        let uid = uid.trim_end_matches('\0');
-        let want = by_uid
-            .get(uid)
-            .unwrap_or_else(|| panic!("frame {n} references {uid}, not a source instance"));
+        let key = (
+            uid.trim_end_matches('\0').to_owned(),
+            source
+                .element(tags::REFERENCED_FRAME_NUMBER)
+                .ok()
+                .and_then(|e| e.to_int::<i64>().ok()),
+        );
+        let want = by_source
+            .get(&key)
+            .unwrap_or_else(|| panic!("frame {n} references {key:?}, not a source frame"));
         let plane = &frame
             .element(tags::PLANE_POSITION_SEQUENCE)
             .unwrap()

@@ -226,3 +226,42 @@ fn every_accepted_compressed_syntax_decodes_to_the_same_voxels() {
         );
     }
 }
+
+#[test]
+fn an_enhanced_instance_reads_like_the_classic_series_and_its_echoes_can_be_picked() {
+    use kneenode::dicom::write_enhanced::write_enhanced_mr;
+    use kneenode::volume::{read_dicom_selected, Echo, Selection};
+    let dir = tempfile::tempdir().unwrap();
+    let vol = oblique_volume();
+    let info = SeriesInfo::default();
+    write_mr_series(&vol, &info, &dir.path().join("classic")).unwrap();
+    let classic = read_dicom_dir(&dir.path().join("classic")).unwrap();
+    write_enhanced_mr(&[&vol], &info, &dir.path().join("enh/one.dcm")).unwrap();
+    let enhanced = read_dicom_dir(&dir.path().join("enh")).unwrap();
+    assert_eq!(enhanced.dims(), classic.dims());
+    assert!(affine_close(enhanced.geometry(), classic.geometry()) < 1e-9);
+    assert!(enhanced.data() == classic.data());
+
+    // Two echoes in one instance: pick one, or combine them.
+    let doubled = vol.map(|v| v * 2);
+    let two = write_enhanced_mr(&[&vol, &doubled], &info, &dir.path().join("two.dcm")).unwrap();
+    let here = Path::new("series");
+    let err = read_dicom_series(std::slice::from_ref(&two), here).unwrap_err();
+    assert!(err.to_string().contains("(echo 2)"), "{err}");
+    let pick = |echo| Selection {
+        plane: None,
+        echo: Some(echo),
+    };
+    let (v, files) =
+        read_dicom_selected(std::slice::from_ref(&two), here, &pick(Echo::Number(2))).unwrap();
+    assert_eq!(v.data()[7], f32::from(doubled.data()[7]));
+    assert_eq!(files, [two.clone()], "one file, listed once");
+    let (rss, _) = read_dicom_selected(
+        std::slice::from_ref(&two),
+        here,
+        &pick(Echo::RootSumOfSquares),
+    )
+    .unwrap();
+    let want = (f32::from(vol.data()[7]).powi(2) + f32::from(doubled.data()[7]).powi(2)).sqrt();
+    assert!((rss.data()[7] - want).abs() < 1e-3);
+}

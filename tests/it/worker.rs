@@ -26,10 +26,16 @@ pub fn test_registry() -> PathBuf {
 
 /// A small phantom written by `kneenode phantom --small`: `dicom/`, `image.nii.gz`, labels.
 pub fn small_phantom(dir: &Path, seed: u64) -> PathBuf {
+    small_phantom_with(dir, seed, &[])
+}
+
+/// [`small_phantom`] with more `kneenode phantom` flags (e.g. `--enhanced`).
+pub fn small_phantom_with(dir: &Path, seed: u64, extra: &[&str]) -> PathBuf {
     run_ok(
         Command::new(env!("CARGO_BIN_EXE_kneenode"))
             .args(["phantom", "--small", "--seed", &seed.to_string(), "--out"])
-            .arg(dir),
+            .arg(dir)
+            .args(extra),
     );
     dir.to_owned()
 }
@@ -357,9 +363,19 @@ pub fn node_config(storage: &Path, db_url: &str, pacs_port: u16) -> String {
 
 /// The node end to end: see the module comment.
 fn end_to_end(backend: Backend) {
+    push_and_check(backend, &[]);
+}
+
+#[test]
+fn serve_turns_a_pushed_enhanced_mr_instance_into_seg_and_sr() {
+    push_and_check(Backend::Sqlite, &["--enhanced"]);
+}
+
+/// Pushes a phantom (written with `phantom_flags`) to `serve` and checks what reaches the PACS.
+fn push_and_check(backend: Backend, phantom_flags: &[&str]) {
     let (scratch, db) = fresh(backend, 4);
     let dir = tempfile::tempdir().unwrap();
-    let phantom = small_phantom(&dir.path().join("p"), 21);
+    let phantom = small_phantom_with(&dir.path().join("p"), 21, phantom_flags);
     let sources = kneenode::volume::dicom_files(&phantom.join("dicom")).unwrap();
     let port = crate::peers::free_port();
     let pacs_dir = dir.path().join("pacs");
