@@ -38,6 +38,8 @@ pub struct State {
     pub token: String,
     /// Largest upload, bytes.
     pub max_upload_bytes: u64,
+    /// The disk watermark (`storage.max_disk_used_percent`): uploads are refused past it.
+    pub max_disk_used_percent: f64,
 }
 
 /// The answer to a results upload: where the node keeps them.
@@ -173,6 +175,16 @@ async fn results(
     use futures_util::StreamExt;
     let worker = caller(&req, &state)?;
     let job = held_job(&state, &id, &worker).await?;
+    let full = crate::storage::disk_usage(&state.storage_dir)
+        .map(|d| d.above(state.max_disk_used_percent))
+        .unwrap_or(false);
+    if full {
+        warn!(job_id = %job.id, "results upload refused: the storage disk is past its watermark");
+        return Err(plain(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "the node's storage is past its watermark (storage.max_disk_used_percent)",
+        ));
+    }
     let dir = state.storage_dir.join("jobs").join(&job.id);
     let partial = dir.join("upload.zip.partial");
     let write = (|| {

@@ -51,6 +51,7 @@ impl Portal {
             storage_dir: cfg.storage.dir.clone(),
             token,
             max_upload_bytes: cfg.portal.max_upload_mb.saturating_mul(1 << 20),
+            max_disk_used_percent: cfg.storage.max_disk_used_percent,
         });
         let sources = web::Data::new(metrics::Sources {
             db: state.db.clone(),

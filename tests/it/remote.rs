@@ -194,3 +194,46 @@ fn the_internal_api_refuses_strangers_non_holders_and_zip_bombs() {
     assert_eq!(up.files.len(), 1);
     assert!(node.log().contains("bad or missing token"));
 }
+
+#[test]
+fn past_the_disk_watermark_a_results_upload_is_refused() {
+    let (scratch, db) = fresh(Backend::Sqlite, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("node");
+    std::fs::create_dir_all(&storage).unwrap();
+    let used = kneenode::storage::disk_usage(&storage)
+        .unwrap()
+        .used_percent;
+    let config = node_config(&storage, &scratch.url, free_port()).replace(
+        "[storage]\n",
+        &format!("[storage]\nmax_disk_used_percent = {}\n", used - 0.5),
+    );
+    let node = NodeProcess::start_verb(dir.path(), &config, "serve --no-workers");
+    let base = format!("http://{}", node.logged_addr("portal listening"));
+    let token = std::fs::read_to_string(storage.join("internal-api.token")).unwrap();
+    let queue = Queue::new(db.clone());
+    let new =
+        kneenode::jobs::NewJob::new(kneenode::jobs::JobSource::Cli, "/in", Default::default());
+    let job = queue.enqueue(&new).unwrap().job;
+    queue.claim("me", Duration::from_secs(60)).unwrap().unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .put(format!("{base}/internal/v1/jobs/{}/results", job.id))
+        .header("Authorization", format!("Bearer {}", token.trim()))
+        .header(WORKER_HEADER, "me")
+        .send(&b"PK"[..])
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        507,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+    assert!(
+        !storage.join("jobs").join(&job.id).exists(),
+        "nothing written"
+    );
+}
