@@ -3,6 +3,8 @@
 //! Nothing here knows about the database, DICOM networking or the portal; `worker` is the only
 //! place where the pipeline meets jobs and DICOM.
 
+pub mod label_map;
+pub mod mesh;
 pub mod models;
 pub mod options;
 pub mod package;
@@ -10,5 +12,7 @@ pub mod postprocess;
 pub mod preview;
 pub mod run;
 pub mod segment;
+pub mod shapes;
+pub mod thickness;
 
 pub use options::{JobOptions, NsmType, OptionsError};

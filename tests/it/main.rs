@@ -12,6 +12,7 @@ mod common;
 mod config;
 mod dicom_checks;
 mod dispatch;
+mod mesh;
 mod ops;
 mod peers;
 mod queue;

@@ -1,0 +1,178 @@
+//! Which integer in a label volume is which tissue.
+//!
+//! kneenode's own segmentations follow DOMAIN.md (1 patellar cartilage … 9 patella), which is
+//! [`LabelMap::default`]. A segmentation numbered another way (pymskt's, DOSMA's) is analysed
+//! as it is with a map file (issue 5, item 7):
+//!
+//! ```toml
+//! [labels]
+//! femur = 5
+//! tibia = 6
+//! patella = 7
+//! femoral_cartilage = 1
+//! medial_tibial_cartilage = 2
+//! lateral_tibial_cartilage = 3
+//! patellar_cartilage = 4
+//! medial_meniscus = 10
+//! lateral_meniscus = 9
+//! ```
+//!
+//! A tissue left out of the file is taken as absent from the volume (its meshes are skipped),
+//! not as its DOMAIN.md number: the two numberings must never mix. Unknown keys are an error so
+//! a typo does not silently drop a tissue.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The label of each tissue; `None` when the volume does not have it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelMap {
+    /// Femur (bone).
+    pub femur: Option<u16>,
+    /// Tibia (bone).
+    pub tibia: Option<u16>,
+    /// Patella (bone).
+    pub patella: Option<u16>,
+    /// Femoral cartilage.
+    pub femoral_cartilage: Option<u16>,
+    /// Medial tibial cartilage.
+    pub medial_tibial_cartilage: Option<u16>,
+    /// Lateral tibial cartilage.
+    pub lateral_tibial_cartilage: Option<u16>,
+    /// Patellar cartilage.
+    pub patellar_cartilage: Option<u16>,
+    /// Medial meniscus.
+    pub medial_meniscus: Option<u16>,
+    /// Lateral meniscus.
+    pub lateral_meniscus: Option<u16>,
+}
+
+impl Default for LabelMap {
+    /// The DOMAIN.md map, which kneenode's segmentations use.
+    fn default() -> Self {
+        LabelMap {
+            patellar_cartilage: Some(1),
+            femoral_cartilage: Some(2),
+            medial_tibial_cartilage: Some(3),
+            lateral_tibial_cartilage: Some(4),
+            medial_meniscus: Some(5),
+            lateral_meniscus: Some(6),
+            femur: Some(7),
+            tibia: Some(8),
+            patella: Some(9),
+        }
+    }
+}
+
+/// A label-map file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LabelMapError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a valid label map.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file (or `<string>`).
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MapFile {
+    labels: LabelMap,
+}
+
+impl LabelMap {
+    /// The tissues as (key, label) pairs, in file order, present ones only.
+    pub fn entries(&self) -> Vec<(&'static str, u16)> {
+        [
+            ("femur", self.femur),
+            ("tibia", self.tibia),
+            ("patella", self.patella),
+            ("femoral_cartilage", self.femoral_cartilage),
+            ("medial_tibial_cartilage", self.medial_tibial_cartilage),
+            ("lateral_tibial_cartilage", self.lateral_tibial_cartilage),
+            ("patellar_cartilage", self.patellar_cartilage),
+            ("medial_meniscus", self.medial_meniscus),
+            ("lateral_meniscus", self.lateral_meniscus),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+    }
+
+    /// Parses the `[labels]` table of a map file; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<LabelMap, LabelMapError> {
+        let invalid = |reason: String| LabelMapError::Invalid {
+            path: origin.to_path_buf(),
+            reason,
+        };
+        let file: MapFile = toml::from_str(text).map_err(|e| invalid(e.message().to_string()))?;
+        let map = file.labels;
+        let entries = map.entries();
+        if entries.is_empty() {
+            return Err(invalid("labels: no tissue is given".into()));
+        }
+        for (i, (key, value)) in entries.iter().enumerate() {
+            if *value == 0 {
+                return Err(invalid(format!("labels.{key}: 0 is the background")));
+            }
+            if let Some((other, _)) = entries[..i].iter().find(|(_, v)| v == value) {
+                return Err(invalid(format!(
+                    "labels.{key}: {value} is already labels.{other}"
+                )));
+            }
+        }
+        Ok(map)
+    }
+
+    /// Reads a map file.
+    pub fn load(path: &Path) -> Result<LabelMap, LabelMapError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LabelMapError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        LabelMap::from_toml_str(&text, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_issue_example_and_rejects_mistakes() {
+        let text = "[labels]\nfemur = 5\ntibia = 6\npatella = 7\nfemoral_cartilage = 1\n\
+                    medial_tibial_cartilage = 2\nlateral_tibial_cartilage = 3\n\
+                    patellar_cartilage = 4\nmedial_meniscus = 10\nlateral_meniscus = 9\n";
+        let m = LabelMap::from_toml_str(text, Path::new("map.toml")).unwrap();
+        assert_eq!(m.femur, Some(5));
+        assert_eq!(m.lateral_meniscus, Some(9));
+        let partial = LabelMap::from_toml_str("[labels]\nfemur = 3\n", Path::new("m")).unwrap();
+        assert_eq!(partial.tibia, None);
+        for bad in [
+            "[labels]\nfemur = 5\ntibia = 5\n",
+            "[labels]\nfemurr = 5\n",
+            "[labels]\nfemur = 0\n",
+            "[labels]\nfemur = -1\n",
+            "[labels]\n",
+            "femur = 5\n",
+        ] {
+            let e = LabelMap::from_toml_str(bad, Path::new("map.toml")).unwrap_err();
+            assert!(e.to_string().starts_with("map.toml: "), "{e}");
+        }
+        assert_eq!(LabelMap::default().entries().len(), 9);
+    }
+}
