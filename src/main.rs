@@ -144,6 +144,12 @@ struct RunArgs {
     /// For a DICOM series of several orientations: sagittal, coronal or axial.
     #[arg(long)]
     plane: Option<String>,
+    /// Stop after the label files: no meshes, no thickness.
+    #[arg(long)]
+    segment_only: bool,
+    /// Gaussian variance (mm²) before the cartilage surface is extracted, 0–2.
+    #[arg(long, default_value_t = 0.3125)]
+    cartilage_smoothing: f64,
 }
 
 /// Options of `kneenode worker`.
@@ -398,6 +404,7 @@ fn run_pipeline(cfg: &Config, args: &RunArgs) -> anyhow::Result<()> {
         device,
         tta: args.tta,
         select: kneenode::volume::Selection { plane, echo },
+        shapes: (!args.segment_only).then_some(args.cartilage_smoothing),
     };
     let mut progress = StderrProgress(std::time::Instant::now());
     let out = run(&args.input, &args.out, &registry, &options, &mut progress)?;

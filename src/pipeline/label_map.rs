@@ -113,6 +113,44 @@ impl LabelMap {
         .collect()
     }
 
+    /// The map a model's manifest gives (`[labels] 7 = "femur"`, `2 = "femoral cartilage"`):
+    /// tissue names are matched ignoring case, with spaces as underscores; other names
+    /// (background, anything unknown) are ignored.
+    pub fn from_manifest<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> LabelMap {
+        let mut map = LabelMap {
+            femur: None,
+            tibia: None,
+            patella: None,
+            femoral_cartilage: None,
+            medial_tibial_cartilage: None,
+            lateral_tibial_cartilage: None,
+            patellar_cartilage: None,
+            medial_meniscus: None,
+            lateral_meniscus: None,
+        };
+        for (value, name) in labels {
+            let Ok(value) = value.trim().parse::<u16>() else {
+                continue;
+            };
+            let slot = match name.trim().to_ascii_lowercase().replace(' ', "_").as_str() {
+                "femur" => &mut map.femur,
+                "tibia" => &mut map.tibia,
+                "patella" => &mut map.patella,
+                "femoral_cartilage" => &mut map.femoral_cartilage,
+                "medial_tibial_cartilage" => &mut map.medial_tibial_cartilage,
+                "lateral_tibial_cartilage" => &mut map.lateral_tibial_cartilage,
+                "patellar_cartilage" => &mut map.patellar_cartilage,
+                "medial_meniscus" => &mut map.medial_meniscus,
+                "lateral_meniscus" => &mut map.lateral_meniscus,
+                _ => continue,
+            };
+            if value > 0 {
+                *slot = Some(value);
+            }
+        }
+        map
+    }
+
     /// Parses the `[labels]` table of a map file; `origin` names it in errors.
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<LabelMap, LabelMapError> {
         let invalid = |reason: String| LabelMapError::Invalid {
@@ -151,6 +189,28 @@ impl LabelMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_gives_the_domain_map() {
+        let manifest = [
+            ("0", "background"),
+            ("1", "patellar cartilage"),
+            ("2", "femoral cartilage"),
+            ("3", "medial tibial cartilage"),
+            ("4", "lateral tibial cartilage"),
+            ("5", "medial meniscus"),
+            ("6", "lateral meniscus"),
+            ("7", "femur"),
+            ("8", "tibia"),
+            ("9", "patella"),
+        ];
+        assert_eq!(LabelMap::from_manifest(manifest), LabelMap::default());
+        let renumbered = LabelMap::from_manifest([("5", "Femur"), ("1", "Femoral cartilage")]);
+        assert_eq!(
+            renumbered.entries(),
+            [("femur", 5), ("femoral_cartilage", 1)]
+        );
+    }
 
     #[test]
     fn parses_the_issue_example_and_rejects_mistakes() {

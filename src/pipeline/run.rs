@@ -6,9 +6,11 @@ use std::time::Instant;
 
 use tch::Device;
 
+use super::label_map::LabelMap;
 use super::models::Registry;
 use super::postprocess::{fill_bone_holes, keep_largest_components};
 use super::segment::{load_model, segment_volume, SegmentVolumeError};
+use super::shapes::{analyse_shapes, ShapeError, ShapeResults};
 use crate::volume::{self, Selection, Volume, VolumeError};
 
 /// Receives progress: stage `step` of `total`, named.
@@ -33,6 +35,9 @@ pub struct RunOptions {
     pub tta: bool,
     /// For DICOM series of several echoes or orientations: the part to analyse.
     pub select: Selection,
+    /// Build meshes and measure cartilage thickness, with this cartilage smoothing (Gaussian
+    /// variance, mm²); `None` stops after the label files.
+    pub shapes: Option<f64>,
 }
 
 /// What a run produced.
@@ -50,6 +55,8 @@ pub struct RunOutput {
     pub model: (String, String),
     /// For DICOM input: the files of the slices the image was made of, in slice order.
     pub sources: Vec<PathBuf>,
+    /// Meshes and thickness, when asked for.
+    pub shapes: Option<ShapeResults>,
 }
 
 /// Run failures, each mapping to one user-facing error code.
@@ -66,6 +73,9 @@ pub enum RunError {
     /// Outputs could not be written.
     #[error("writing results: {0}")]
     Output(VolumeError),
+    /// Meshes or thickness failed (PIPELINE_ERROR).
+    #[error("shape analysis: {0}")]
+    Shapes(#[from] ShapeError),
 }
 
 /// The name outputs are prefixed with: the input's file name without `.nii.gz`, `.nii`,
@@ -96,7 +106,8 @@ pub fn load_input(
     }
 }
 
-/// Segments `input` and writes `{prefix}_all-labels.nii.gz` and `.nrrd` into `out`.
+/// Segments `input` and writes `{prefix}_all-labels.nii.gz` and `.nrrd` into `out`; with
+/// `options.shapes`, also the bone and cartilage meshes and the thickness results.
 pub fn run(
     input: &Path,
     out: &Path,
@@ -104,14 +115,14 @@ pub fn run(
     options: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<RunOutput, RunError> {
-    const STEPS: usize = 4;
+    let steps = if options.shapes.is_some() { 5 } else { 4 };
     let mut timings = Vec::new();
     let mut clock = Instant::now();
     let mut lap = |name: &str, timings: &mut Vec<(String, f64)>| {
         timings.push((name.to_owned(), clock.elapsed().as_secs_f64()));
         clock = Instant::now();
     };
-    progress.step(1, STEPS, "loading");
+    progress.step(1, steps, "loading");
     let (image, sources) = load_input(input, &options.select).map_err(RunError::Input)?;
     let spec = registry
         .spec(options.model.as_deref())
@@ -119,17 +130,17 @@ pub fn run(
     let model = load_model(&spec, options.device).map_err(SegmentVolumeError::from)?;
     lap("loading", &mut timings);
 
-    progress.step(2, STEPS, "segmentation");
+    progress.step(2, steps, "segmentation");
     let mut labels = segment_volume(&image, &spec, &model, options.device, options.tta)?;
     drop(model);
     lap("segmentation", &mut timings);
 
-    progress.step(3, STEPS, "post-processing");
+    progress.step(3, steps, "post-processing");
     keep_largest_components(&mut labels);
     fill_bone_holes(&mut labels);
     lap("post-processing", &mut timings);
 
-    progress.step(4, STEPS, "writing results");
+    progress.step(4, steps, "writing label files");
     std::fs::create_dir_all(out).map_err(|error| {
         RunError::Output(VolumeError::Io {
             path: out.to_owned(),
@@ -141,13 +152,31 @@ pub fn run(
     let nrrd = out.join(format!("{prefix}_all-labels.nrrd"));
     volume::write_nifti(&nii, &labels).map_err(RunError::Output)?;
     volume::write_nrrd(&nrrd, &labels).map_err(RunError::Output)?;
-    lap("writing results", &mut timings);
+    lap("writing label files", &mut timings);
+    let mut files = vec![nii, nrrd];
+    let shapes = match options.shapes {
+        Some(smoothing) => {
+            progress.step(5, steps, "meshes and thickness");
+            let map = LabelMap::from_manifest(
+                spec.manifest
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+            let shapes = analyse_shapes(&labels, &map, smoothing, out, &prefix)?;
+            files.extend(shapes.files.iter().cloned());
+            lap("meshes and thickness", &mut timings);
+            Some(shapes)
+        }
+        None => None,
+    };
     Ok(RunOutput {
         image,
         labels,
-        files: vec![nii, nrrd],
+        files,
         timings,
         model: (spec.manifest.name.clone(), spec.manifest.version.clone()),
         sources,
+        shapes,
     })
 }

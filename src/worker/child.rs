@@ -13,36 +13,38 @@ use super::jobfile::{JobFile, RESULTS_DIR};
 use super::protocol::{emit, Event};
 use crate::dicom::codes::SegmentCatalog;
 use crate::dicom::seg::{write_seg, SegRequest};
-use crate::dicom::sr::{volume_group, write_sr, SrRequest};
+use crate::dicom::sr::{
+    concepts, thickness_group, volume_group, write_sr, RegionThickness, SrRequest,
+};
 use crate::jobs::{ErrorCode, FailureKind};
 use crate::pipeline::models::Registry;
 use crate::pipeline::package::{self, InputGrid, ModelUsed, Results};
 use crate::pipeline::preview::write_preview;
-use crate::pipeline::run::{prefix_of, run, Progress, RunError, RunOptions};
+use crate::pipeline::run::{prefix_of, run, Progress, RunError, RunOptions, RunOutput};
 use crate::pipeline::segment::{SegmentError, SegmentVolumeError};
+use crate::pipeline::shapes::ShapeResults;
 use crate::volume::VolumeError;
 
-/// Stages after the pipeline's own four.
-const STAGES: [&str; 7] = [
-    "loading",
-    "segmentation",
-    "post-processing",
-    "writing label files",
+/// Exit status of a child that reported its failure.
+pub const EXIT_FAILED: i32 = 3;
+
+/// The child's own stages, after the pipeline's.
+const AFTER: [&str; 3] = [
     "preview and results.json",
     "DICOM SEG and SR",
     "packaging results",
 ];
 
-/// Exit status of a child that reported its failure.
-pub const EXIT_FAILED: i32 = 3;
-
-/// Reports stages as JSON lines, numbered over all of the child's stages.
-struct JsonProgress;
+/// Reports stages as JSON lines, numbered over the pipeline's stages and the child's own.
+#[derive(Default)]
+struct JsonProgress {
+    /// Stages the pipeline reported it has.
+    pipeline: usize,
+}
 
 impl JsonProgress {
-    fn stage(&mut self, step: usize) {
-        let total = STAGES.len();
-        let name = STAGES.get(step - 1).copied().unwrap_or("working");
+    fn emit(&self, step: usize, name: &str) {
+        let total = self.pipeline + AFTER.len();
         emit(&Event::Progress {
             step: step as i32,
             total: total as i32,
@@ -51,11 +53,18 @@ impl JsonProgress {
         });
         info!(step, total, stage = name, "stage");
     }
+
+    /// The child's `n`-th own stage (1-based) begins.
+    fn after(&mut self, n: usize) {
+        let name = AFTER.get(n - 1).copied().unwrap_or("working");
+        self.emit(self.pipeline + n, name);
+    }
 }
 
 impl Progress for JsonProgress {
-    fn step(&mut self, step: usize, _total: usize, _name: &str) {
-        self.stage(step);
+    fn step(&mut self, step: usize, total: usize, name: &str) {
+        self.pipeline = total;
+        self.emit(step, name);
     }
 }
 
@@ -151,12 +160,13 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
     if results_dir.exists() {
         std::fs::remove_dir_all(&results_dir).map_err(|e| failure(ErrorCode::PipelineError, e))?;
     }
-    let mut progress = JsonProgress;
+    let mut progress = JsonProgress::default();
     let options = RunOptions {
         model,
         device,
         tta: false,
         select: job.options.selection(),
+        shapes: Some(job.options.cartilage_smoothing),
     };
     let out = run(
         &job.input_path,
@@ -171,7 +181,7 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
     let io =
         |what: &str, e: std::io::Error| failure(ErrorCode::PipelineError, format!("{what}: {e}"));
 
-    progress.stage(5);
+    progress.after(1);
     let clock = Instant::now();
     write_preview(
         &results_dir.join(format!("{prefix}_preview.png")),
@@ -179,7 +189,6 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
         &out.labels,
     )
     .map_err(|e| io("writing the preview", e))?;
-    drop(out.image);
     let volumes = package::label_volumes_mm3(&out.labels);
     let names = &spec.manifest.labels;
     let tissue_volumes_mm3 = volumes
@@ -194,23 +203,16 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
         .collect();
     timings.push(("preview".into(), clock.elapsed().as_secs_f64()));
 
-    progress.stage(6);
+    progress.after(2);
     let clock = Instant::now();
     let mut dicom = Vec::new();
     if job.input_path.is_dir() {
-        dicom = write_dicom(
-            &job,
-            &out.sources,
-            &results_dir,
-            &prefix,
-            &out.labels,
-            &volumes,
-            &out.model,
-        )?;
+        dicom = write_dicom(&job, &out, &results_dir, &prefix, &volumes)?;
     }
+    drop(out.image);
     timings.push(("DICOM SEG and SR".into(), clock.elapsed().as_secs_f64()));
 
-    progress.stage(7);
+    progress.after(3);
     let clock = Instant::now();
     let results_json = results_dir.join(format!("{prefix}_results.json"));
     let mut results = Results {
@@ -225,7 +227,7 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
             version: out.model.1.clone(),
         }],
         tissue_volumes_mm3,
-        thickness_mm: None,
+        thickness_mm: out.shapes.as_ref().map(|s| s.thickness()),
         nsm: None,
         timings_s: timings,
         files: Vec::new(),
@@ -257,12 +259,10 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
 /// Writes the SEG and the SR into the results folder; returns their paths.
 fn write_dicom(
     job: &JobFile,
-    sources: &[PathBuf],
+    out: &RunOutput,
     results_dir: &Path,
     prefix: &str,
-    labels: &crate::volume::Volume<u8>,
     volumes: &std::collections::BTreeMap<u8, f64>,
-    model: &(String, String),
 ) -> Result<Vec<PathBuf>, Failure> {
     let catalog = match &job.segments_catalog {
         Some(path) => {
@@ -270,12 +270,13 @@ fn write_dicom(
         }
         None => SegmentCatalog::builtin(),
     };
+    let model = &out.model;
     let algorithm = format!("kneenode {}", model.0);
     let seg_path = results_dir.join(format!("{prefix}_seg.dcm"));
     let seg = write_seg(
         &SegRequest {
-            labels,
-            sources,
+            labels: &out.labels,
+            sources: &out.sources,
             catalog: &catalog,
             job_id: &job.job_id,
             algorithm_name: &algorithm,
@@ -286,7 +287,7 @@ fn write_dicom(
         &seg_path,
     )
     .map_err(|e| failure(ErrorCode::DicomError, e))?;
-    let groups: Vec<_> = seg
+    let mut groups: Vec<_> = seg
         .segments
         .iter()
         .filter_map(|s| {
@@ -294,6 +295,9 @@ fn write_dicom(
             Some(volume_group(def, s.number, volumes.get(&s.label).copied()?))
         })
         .collect();
+    if let Some(shapes) = &out.shapes {
+        groups.extend(thickness_groups(shapes, &seg.segments, &catalog));
+    }
     let sr_path = results_dir.join(format!("{prefix}_sr.dcm"));
     write_sr(
         &SrRequest {
@@ -309,4 +313,46 @@ fn write_dicom(
     )
     .map_err(|e| failure(ErrorCode::PipelineError, e))?;
     Ok(vec![seg_path, sr_path])
+}
+
+/// The cartilage segment (DOMAIN.md label) a thickness region belongs to.
+fn region_segment(region: &str) -> Option<u8> {
+    match region {
+        "pat_cart" => Some(1),
+        "med_tib_cart" => Some(3),
+        "lat_tib_cart" => Some(4),
+        r if r.ends_with("_fem_cart") => Some(2),
+        _ => None,
+    }
+}
+
+/// One SR measurement group per cartilage segment with measured thickness, a row per region.
+fn thickness_groups(
+    shapes: &ShapeResults,
+    segments: &[crate::dicom::seg::SegmentInfo],
+    catalog: &SegmentCatalog,
+) -> Vec<crate::dicom::sr::MeasurementGroup> {
+    let mut by_segment: std::collections::BTreeMap<u8, Vec<RegionThickness>> = Default::default();
+    for r in &shapes.regions {
+        let (Some(label), Some(mean), Some(std), Some(median)) =
+            (region_segment(&r.name), r.mean, r.std, r.median)
+        else {
+            continue;
+        };
+        by_segment.entry(label).or_default().push(RegionThickness {
+            region: concepts::thickness_region(&r.name),
+            mean,
+            std,
+            median,
+            max: None,
+        });
+    }
+    by_segment
+        .into_iter()
+        .filter_map(|(label, regions)| {
+            let segment = segments.iter().find(|s| s.label == label)?;
+            let def = catalog.segments.get(&label)?;
+            Some(thickness_group(def, segment.number, &regions))
+        })
+        .collect()
 }

@@ -172,6 +172,11 @@ fn a_job_past_its_time_limit_is_killed_and_the_next_job_runs() {
     .unwrap();
     assert!(results["tissue_volumes_mm3"]["femur"].as_f64().unwrap() > 10_000.0);
     assert_eq!(results["models"][0]["name"], "demo");
+    let thickness = results["thickness_mm"]
+        .as_object()
+        .expect("thickness measured");
+    let femoral = thickness["med_wb_fem_cart_mm_mean"].as_f64().unwrap();
+    assert!((0.5..5.0).contains(&femoral), "{thickness:?}");
     assert_eq!(results["job_id"], next.id.as_str());
 }
 
@@ -414,6 +419,15 @@ fn push_and_check(backend: Backend, phantom_flags: &[&str]) {
         .find(|f| crate::dicom_checks::modality(f) == "SEG")
         .expect("a SEG arrived");
     crate::dicom_checks::assert_frames_reference_sources(seg, &sources);
+    let sr = received
+        .iter()
+        .find(|f| crate::dicom_checks::modality(f) == "SR")
+        .expect("an SR arrived");
+    let sr_bytes = std::fs::read(sr).unwrap();
+    assert!(
+        sr_bytes.windows(9).any(|w| w == b"THICKNESS"),
+        "the SR reports cartilage thickness"
+    );
     let names = zip_names(Path::new(job.result_path.as_ref().unwrap()));
     for suffix in [
         "_all-labels.nii.gz",
@@ -422,6 +436,9 @@ fn push_and_check(backend: Backend, phantom_flags: &[&str]) {
         "_results.json",
         "_seg.dcm",
         "_sr.dcm",
+        "_results.csv",
+        "/femur_mesh.vtk",
+        "/tibia_cart_0_mesh.vtk",
     ] {
         assert!(
             names.iter().any(|n| n.ends_with(suffix)),
