@@ -546,7 +546,7 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
     let dispatcher = Dispatcher::new(db.clone(), &cfg.node.ae_title)
         .with_destinations(&cfg.destinations)
         .context("loading the destinations' TLS settings")?;
-    let dispatcher_task = tokio::spawn(dispatcher.run(Duration::from_secs(2), stop_rx.clone()));
+    let dispatcher_task = tokio::spawn(dispatcher.run(Duration::from_millis(500), stop_rx.clone()));
 
     let portal = if services.portal {
         let portal = kneenode::portal::Portal::bind(&cfg, db.clone(), Some(scp_stats.clone()))
