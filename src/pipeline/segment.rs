@@ -331,25 +331,20 @@ pub fn segment_volume(
     }
     let probs = predict(model, &input, classes as i64, &window, device)?;
     drop(input);
-    // Back on the source grid: resample each class's probability, keep the most probable class.
     let n = dims.iter().product();
-    let mut best = vec![f32::MIN; n];
-    let mut labels = vec![0u8; n];
-    for c in 0..classes {
-        let channel = from_tensor(&probs.get(c as i64)).map_err(SegmentError::from)?;
-        let on_model_grid = Volume::from_vec(target_dims, channel, target)?;
-        let back = resample_linear(&on_model_grid, &g, dims)?;
-        for (&p, (b, l)) in back
-            .data()
-            .iter()
-            .zip(best.iter_mut().zip(labels.iter_mut()))
-        {
-            if p > *b {
-                *b = p;
-                *l = c as u8;
-            }
-        }
-    }
+    let same_grid = target_dims == dims
+        && (0..3).all(|a| (spacing[a] - g.spacing[a]).abs() <= 1e-6 * g.spacing[a]);
+    let labels = if same_grid {
+        // The model ran on the source grid itself: the argmax needs no resampling.
+        let argmax = probs.argmax(0, false).to_kind(Kind::Float);
+        from_tensor(&argmax)
+            .map_err(SegmentError::from)?
+            .into_iter()
+            .map(|c| c as u8)
+            .collect()
+    } else {
+        resampled_argmax(&probs, classes, target_dims, target, &g, dims, n)?
+    };
     drop(probs);
     let canon_labels = Volume::from_vec(dims, labels, g)?;
     let mut out = reorient_to(&canon_labels, &orientation_code(image.geometry()))?;
@@ -366,4 +361,36 @@ pub fn segment_volume(
     // The permutation is exact; pin the geometry to the source's bit for bit.
     out.set_geometry(*image.geometry());
     Ok(out)
+}
+
+/// Back on the source grid: resamples each class's probability from the model grid and keeps
+/// the most probable class per voxel.
+fn resampled_argmax(
+    probs: &Tensor,
+    classes: usize,
+    target_dims: [usize; 3],
+    target: crate::volume::Geometry,
+    g: &crate::volume::Geometry,
+    dims: [usize; 3],
+    n: usize,
+) -> Result<Vec<u8>, SegmentVolumeError> {
+    use crate::volume::{resample_linear, Volume};
+    let mut best = vec![f32::MIN; n];
+    let mut labels = vec![0u8; n];
+    for c in 0..classes {
+        let channel = from_tensor(&probs.get(c as i64)).map_err(SegmentError::from)?;
+        let on_model_grid = Volume::from_vec(target_dims, channel, target)?;
+        let back = resample_linear(&on_model_grid, g, dims)?;
+        for (&p, (b, l)) in back
+            .data()
+            .iter()
+            .zip(best.iter_mut().zip(labels.iter_mut()))
+        {
+            if p > *b {
+                *b = p;
+                *l = c as u8;
+            }
+        }
+    }
+    Ok(labels)
 }

@@ -67,3 +67,55 @@ fn a_model_with_the_wrong_output_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// On the model's own grid, `segment_volume` is the argmax of the sliding-window softmax (the
+/// path that skips resampling the class probabilities).
+#[test]
+fn on_the_model_grid_labels_are_the_plain_argmax() {
+    use kneenode::pipeline::models::Registry;
+    use kneenode::pipeline::segment::segment_volume;
+    use kneenode::volume::{Geometry, Volume};
+    let registry = Registry::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dicom_config/models.toml"
+    )))
+    .unwrap();
+    let spec = registry.spec(Some("demo")).unwrap();
+    let model = kneenode::pipeline::segment::load_model(&spec, Device::Cpu).unwrap();
+    let phantom = kneenode::phantom::generate(&kneenode::phantom::PhantomParams::small(4));
+    // The phantom's grid, with the demo model's spacing (PIR orientation, as the phantom).
+    let dims = phantom.image.dims();
+    let g = Geometry {
+        spacing: spec.manifest.spacing.unwrap(),
+        ..*phantom.image.geometry()
+    };
+    assert_eq!(kneenode::volume::orientation_code(&g), "PIR");
+    let image = Volume::from_vec(
+        dims,
+        phantom.image.data().iter().map(|&v| f32::from(v)).collect(),
+        g,
+    )
+    .unwrap();
+    let labels = segment_volume(&image, &spec, &model, Device::Cpu, false).unwrap();
+    let x = Tensor::from_slice(image.data())
+        .view([dims[2] as i64, dims[1] as i64, dims[0] as i64])
+        .permute([2, 1, 0])
+        .contiguous();
+    let window = SlidingWindow::new(spec.manifest.patch_size.unwrap().map(|p| p as i64));
+    let probs = predict(&model, &zscore(&x), 10, &window, Device::Cpu).unwrap();
+    let want: Vec<u8> = Vec::<i64>::try_from(
+        probs
+            .argmax(0, false)
+            .permute([2, 1, 0])
+            .contiguous()
+            .view([-1]),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|c| c as u8)
+    .collect();
+    assert!(
+        labels.data() == want.as_slice(),
+        "labels differ from the argmax"
+    );
+}
