@@ -478,6 +478,23 @@ fn open_db(cfg: &Config, pool_size: u32) -> anyhow::Result<Db> {
     Db::open(&url, pool_size).with_context(|| "opening the database".to_string())
 }
 
+/// Opens the database and applies pending migrations (off the async threads).
+async fn open_and_migrate(cfg: &Config, pool_size: u32) -> anyhow::Result<Db> {
+    let db = open_db(cfg, pool_size)?;
+    let migrated = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || db.migrate()
+    })
+    .await??;
+    info!(
+        backend = db.kind().name(),
+        url = db.url_redacted(),
+        migrated,
+        "database ready"
+    );
+    Ok(db)
+}
+
 /// Which services a node process runs.
 struct Services {
     /// Sweep expired job leases.
@@ -498,18 +515,7 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
         .with_context(|| format!("creating storage folder {}", cfg.storage.dir.display()))?;
     let pool =
         cfg.node.max_associations + u32::try_from(cfg.worker.devices.len()).unwrap_or(1) * 2 + 4;
-    let db = open_db(&cfg, pool)?;
-    let migrated = tokio::task::spawn_blocking({
-        let db = db.clone();
-        move || db.migrate()
-    })
-    .await??;
-    info!(
-        backend = db.kind().name(),
-        url = db.url_redacted(),
-        migrated,
-        "database ready"
-    );
+    let db = open_and_migrate(&cfg, pool).await?;
     if services.no_workers {
         info!("no workers in this process");
     }
@@ -647,18 +653,7 @@ async fn run_workers(
 ) -> anyhow::Result<()> {
     cfg.worker.devices = devices;
     let pool_size = u32::try_from(cfg.worker.devices.len()).unwrap_or(1) * 2 + 2;
-    let db = open_db(&cfg, pool_size)?;
-    let migrated = tokio::task::spawn_blocking({
-        let db = db.clone();
-        move || db.migrate()
-    })
-    .await??;
-    info!(
-        backend = db.kind().name(),
-        url = db.url_redacted(),
-        migrated,
-        "database ready"
-    );
+    let db = open_and_migrate(&cfg, pool_size).await?;
     if let Some(r) = &remote {
         info!(node = ?r, "remote worker: inputs and results go through the node's internal API");
     }

@@ -45,6 +45,12 @@ pub(super) fn malformed(path: &Path, reason: impl Into<String>) -> VolumeError {
     }
 }
 
+/// The first `N` values (the caller checked the length with [`floats`]).
+pub(super) fn array<const N: usize>(v: &[f64]) -> [f64; N] {
+    std::array::from_fn(|i| v.get(i).copied().unwrap_or(0.0))
+}
+
+/// `n` finite numbers from a multi-valued element, or a clear error naming it.
 pub(super) fn floats(
     obj: &dicom_object::InMemDicomObject,
     tag: dicom_core::Tag,
@@ -169,16 +175,9 @@ fn read_slice(obj: &dicom_object::DefaultDicomObject, path: &Path) -> Result<Sli
             .and_then(|e| e.to_str().ok())
             .map(|s| s.trim_end_matches(['\0', ' ']).to_owned())
             .unwrap_or_default(),
-        orientation: [
-            orientation[0],
-            orientation[1],
-            orientation[2],
-            orientation[3],
-            orientation[4],
-            orientation[5],
-        ],
-        position: [position[0], position[1], position[2]],
-        pixel_spacing: [spacing[0], spacing[1]],
+        orientation: array(&orientation),
+        position: array(&position),
+        pixel_spacing: array(&spacing),
         rows,
         cols,
         echo: int(tags::ECHO_NUMBERS).and_then(|e| i32::try_from(e).ok()),

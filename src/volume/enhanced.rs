@@ -8,7 +8,7 @@ use std::path::Path;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 
-use super::dicom_series::{floats, malformed, samples, Slice};
+use super::dicom_series::{array, floats, malformed, samples, Slice};
 use super::VolumeError;
 
 /// The first item of sequence `seq` in the frame's own group, else in the shared group.
@@ -138,16 +138,9 @@ pub(super) fn frames(obj: &DefaultDicomObject, path: &Path) -> Result<Vec<Slice>
         slices.push(Slice {
             path: path.to_owned(),
             series_uid: series_uid.clone(),
-            orientation: [
-                orientation[0],
-                orientation[1],
-                orientation[2],
-                orientation[3],
-                orientation[4],
-                orientation[5],
-            ],
-            position: [position[0], position[1], position[2]],
-            pixel_spacing: [spacing[0], spacing[1]],
+            orientation: array(&orientation),
+            position: array(&position),
+            pixel_spacing: array(&spacing),
             rows,
             cols,
             echo,
