@@ -125,7 +125,16 @@ struct Pending {
 #[derive(Args)]
 struct RunArgs {
     /// A NIfTI (.nii, .nii.gz) or NRRD file, or a folder holding one DICOM series.
-    input: PathBuf,
+    #[arg(required_unless_present = "labels", conflicts_with = "labels")]
+    input: Option<PathBuf>,
+    /// Analyse an existing segmentation instead (NIfTI or NRRD label volume): meshes and
+    /// thickness only, no model.
+    #[arg(long, value_name = "LABELS")]
+    labels: Option<PathBuf>,
+    /// Which integer is which tissue in --labels (`[labels] femur = 5 …`); default: the
+    /// kneenode label map.
+    #[arg(long, value_name = "MAP.toml", requires = "labels")]
+    label_map: Option<PathBuf>,
     /// Output folder (created).
     #[arg(long)]
     out: PathBuf,
@@ -382,9 +391,44 @@ impl kneenode::pipeline::run::Progress for StderrProgress {
     }
 }
 
+/// `kneenode run --labels`: meshes and thickness of an existing segmentation.
+fn analyse_labels(args: &RunArgs, labels_path: &std::path::Path) -> anyhow::Result<()> {
+    use kneenode::pipeline::label_map::LabelMap;
+    let map = match &args.label_map {
+        Some(p) => LabelMap::load(p)?,
+        None => LabelMap::default(),
+    };
+    let labels = kneenode::volume::read_labels(labels_path)?;
+    let prefix = kneenode::pipeline::run::prefix_of(labels_path);
+    let started = std::time::Instant::now();
+    let shapes = kneenode::pipeline::shapes::analyse_shapes(
+        &labels,
+        &map,
+        args.cartilage_smoothing,
+        &args.out,
+        &prefix,
+    )?;
+    for note in &shapes.notes {
+        eprintln!("note: {note}");
+    }
+    eprintln!(
+        "meshes and thickness in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for f in &shapes.files {
+        println!("{}", f.display());
+    }
+    Ok(())
+}
+
 fn run_pipeline(cfg: &Config, args: &RunArgs) -> anyhow::Result<()> {
     use kneenode::pipeline::models::Registry;
     use kneenode::pipeline::run::{run, RunOptions};
+    let input = match (&args.input, &args.labels) {
+        (_, Some(labels)) => return analyse_labels(args, labels),
+        (Some(input), None) => input,
+        (None, None) => anyhow::bail!("give an input image, or --labels"),
+    };
     let registry = Registry::load(&cfg.models.registry)?;
     let device = kneenode::device::select(&args.device)?;
     let echo = args
@@ -407,7 +451,7 @@ fn run_pipeline(cfg: &Config, args: &RunArgs) -> anyhow::Result<()> {
         shapes: (!args.segment_only).then_some(args.cartilage_smoothing),
     };
     let mut progress = StderrProgress(std::time::Instant::now());
-    let out = run(&args.input, &args.out, &registry, &options, &mut progress)?;
+    let out = run(input, &args.out, &registry, &options, &mut progress)?;
     let total: f64 = out.timings.iter().map(|(_, s)| s).sum();
     eprintln!(
         "done in {total:.1} s on {} with model {} v{}",

@@ -201,3 +201,56 @@ fn phantom_writes_a_valid_dicom_series_and_its_labels() {
     let q = kneenode::volume::read_nifti_labels(&dir.path().join("q/labels.nii.gz")).unwrap();
     assert_eq!(q.data(), labels.data());
 }
+
+#[test]
+fn run_analyses_an_existing_segmentation_with_its_own_numbering() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::common::run_ok(
+        kneenode(dir.path()).args(["phantom", "--small", "--seed", "9", "--out", "p"]),
+    );
+    // The same segmentation numbered as pymskt / DOSMA number it (issue 5's example map).
+    let labels = kneenode::volume::read_labels(&dir.path().join("p/labels.nii.gz")).unwrap();
+    let renumber = [0u16, 4, 1, 2, 3, 10, 9, 5, 6, 7];
+    let other = labels.map(|&l| renumber[usize::from(l)]);
+    kneenode::volume::write_nifti(&dir.path().join("other.nii.gz"), &other).unwrap();
+    std::fs::write(
+        dir.path().join("map.toml"),
+        "[labels]\nfemur = 5\ntibia = 6\npatella = 7\nfemoral_cartilage = 1\n\
+         medial_tibial_cartilage = 2\nlateral_tibial_cartilage = 3\npatellar_cartilage = 4\n\
+         medial_meniscus = 10\nlateral_meniscus = 9\n",
+    )
+    .unwrap();
+    crate::common::run_ok(kneenode(dir.path()).args([
+        "run",
+        "--labels",
+        "p/labels.nii.gz",
+        "--out",
+        "a",
+    ]));
+    crate::common::run_ok(kneenode(dir.path()).args([
+        "run",
+        "--labels",
+        "other.nii.gz",
+        "--label-map",
+        "map.toml",
+        "--out",
+        "b",
+    ]));
+    let read = |p: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(p)).unwrap()).unwrap()
+    };
+    let (a, b) = (read("a/labels_results.json"), read("b/other_results.json"));
+    assert!(a["med_wb_fem_cart_mm_mean"].as_f64().unwrap() > 0.5, "{a}");
+    assert_eq!(
+        a, b,
+        "the same tissues give the same thickness whatever their numbers"
+    );
+    assert!(dir.path().join("b/femur_mesh.vtk").is_file());
+    // Without the map the other numbering is read as kneenode's: the tissues are mixed up.
+    let wrong = kneenode(dir.path())
+        .args(["run", "--labels", "other.nii.gz", "--out", "c"])
+        .output()
+        .unwrap();
+    assert!(wrong.status.success());
+    assert_ne!(read("c/other_results.json"), b);
+}
