@@ -119,7 +119,11 @@ pub(super) fn samples(
     }
 }
 
-fn read_slice(obj: &dicom_object::DefaultDicomObject, path: &Path) -> Result<Slice, VolumeError> {
+/// Rows and Columns of a greyscale image (colour images are refused).
+pub(super) fn matrix(
+    obj: &dicom_object::DefaultDicomObject,
+    path: &Path,
+) -> Result<(usize, usize), VolumeError> {
     let int = |tag| obj.get(tag).and_then(|e| e.to_int::<i64>().ok());
     let rows = int(tags::ROWS)
         .filter(|r| *r > 0)
@@ -133,6 +137,12 @@ fn read_slice(obj: &dicom_object::DefaultDicomObject, path: &Path) -> Result<Sli
             what: "colour images".into(),
         });
     }
+    Ok((rows, cols))
+}
+
+fn read_slice(obj: &dicom_object::DefaultDicomObject, path: &Path) -> Result<Slice, VolumeError> {
+    let int = |tag| obj.get(tag).and_then(|e| e.to_int::<i64>().ok());
+    let (rows, cols) = matrix(obj, path)?;
     let slope = obj
         .get(tags::RESCALE_SLOPE)
         .and_then(|e| e.to_float64().ok())

@@ -8,7 +8,7 @@ use std::path::Path;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 
-use super::dicom_series::{array, floats, malformed, samples, Slice};
+use super::dicom_series::{array, floats, malformed, matrix, samples, Slice};
 use super::VolumeError;
 
 /// The first item of sequence `seq` in the frame's own group, else in the shared group.
@@ -25,18 +25,7 @@ fn group<'a>(
 pub(super) fn frames(obj: &DefaultDicomObject, path: &Path) -> Result<Vec<Slice>, VolumeError> {
     let int = |tag| obj.get(tag).and_then(|e| e.to_int::<i64>().ok());
     let n_frames = int(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1) as usize;
-    let rows = int(tags::ROWS)
-        .filter(|r| *r > 0)
-        .ok_or_else(|| malformed(path, "no Rows"))? as usize;
-    let cols = int(tags::COLUMNS)
-        .filter(|c| *c > 0)
-        .ok_or_else(|| malformed(path, "no Columns"))? as usize;
-    if int(tags::SAMPLES_PER_PIXEL).unwrap_or(1) != 1 {
-        return Err(VolumeError::Unsupported {
-            path: path.to_owned(),
-            what: "colour images".into(),
-        });
-    }
+    let (rows, cols) = matrix(obj, path)?;
     let per_frame: Vec<&InMemDicomObject> = obj
         .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
         .and_then(|e| e.items())
