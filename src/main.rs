@@ -84,8 +84,8 @@ enum Command {
     Scp,
     /// Run worker supervisors only (no SCP): one per device, claiming jobs from the database.
     Worker(WorkerArgs),
-    /// (not available yet) Run only the web portal.
-    Portal(Pending),
+    /// Run only the web portal (and the internal API, /healthz, /metrics), no SCP or workers.
+    Portal,
     /// Segment one NIfTI / NRRD file or DICOM folder and write the label volume.
     Run(RunArgs),
     /// Internal: run one job whose folder holds job.json (the supervisor starts this).
@@ -94,8 +94,9 @@ enum Command {
         #[arg(long)]
         job_dir: PathBuf,
     },
-    /// (not available yet) Manage portal users.
-    User(Pending),
+    /// Manage portal users: add, passwd, disable, enable, list.
+    #[command(subcommand)]
+    User(kneenode::portal::auth::cli::UserCommand),
     /// C-ECHO a DICOM peer: `kneenode echo PACS@10.0.0.5:104`.
     Echo {
         /// The peer as AE@host:port.
@@ -112,13 +113,6 @@ enum Command {
     },
     /// Write a synthetic knee MR phantom: a DICOM series, the image and its labels as NIfTI.
     Phantom(PhantomArgs),
-}
-
-/// Arguments of a verb that a later change fills; accepted so that `--help` works.
-#[derive(Args)]
-struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
 }
 
 /// Options of `kneenode run`.
@@ -228,10 +222,6 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let pending = |verb: &str| {
-        eprintln!("kneenode {verb}: not available yet in this version");
-        Ok(ExitCode::from(2))
-    };
     let config = || -> anyhow::Result<Config> {
         let o = &cli.overrides;
         let overrides = Overrides {
@@ -338,7 +328,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(run_workers(cfg, devices, remote))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Portal(_) => pending("portal"),
+        Command::Portal => {
+            let cfg = config()?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(run_portal(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(args) => {
             let cfg = config()?;
             run_pipeline(&cfg, args)?;
@@ -348,7 +343,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = kneenode::worker::child::run_job(job_dir);
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
-        Command::User(_) => pending("user"),
+        Command::User(cmd) => {
+            let cfg = config()?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let db = rt.block_on(open_and_migrate(&cfg, 2))?;
+            kneenode::portal::auth::cli::run(&db, cmd)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Echo { peer } => {
             let cfg = config()?;
             let peer = Peer::parse(peer).context("the peer must be written AE@host:port")?;
@@ -601,7 +602,7 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
     let portal = if services.portal {
         let portal = kneenode::portal::Portal::bind(&cfg, db.clone(), Some(scp_stats.clone()))
             .context("starting the HTTP server (portal.bind, portal.port)")?;
-        info!(addr = %portal.local_addr(), "portal listening (internal API for remote workers)");
+        info!(addr = %portal.local_addr(), "portal listening");
         Some(portal.start())
     } else {
         None
@@ -665,6 +666,26 @@ async fn serve(cfg: Config, services: Services) -> anyhow::Result<()> {
         if let Ok(Err(e)) = task.await {
             warn!(error = %e, "portal ended abnormally");
         }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// `kneenode portal`: the HTTP side alone until SIGTERM or Ctrl-C.
+async fn run_portal(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.storage.dir)
+        .with_context(|| format!("creating storage folder {}", cfg.storage.dir.display()))?;
+    let db = open_and_migrate(&cfg, 8).await?;
+    let portal = kneenode::portal::Portal::bind(&cfg, db, None)
+        .context("starting the HTTP server (portal.bind, portal.port)")?;
+    info!(addr = %portal.local_addr(), "portal listening");
+    let (handle, task) = portal.start();
+    kneenode::notify::Notifier::from_env().ready("portal");
+    shutdown_signal().await?;
+    info!("shutting down");
+    handle.stop(true).await;
+    if let Ok(Err(e)) = task.await {
+        warn!(error = %e, "portal ended abnormally");
     }
     info!("stopped");
     Ok(())

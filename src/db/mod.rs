@@ -10,6 +10,9 @@ pub mod schema;
 mod scratch;
 
 pub use connection::DbConnection;
+/// The backend type of [`DbConnection`], for boxed queries built in one place and run on either
+/// backend.
+pub type DbBackend = <DbConnection as diesel::Connection>::Backend;
 pub use redact::redact_url;
 pub use scratch::ScratchDb;
 
@@ -235,6 +238,16 @@ impl Db {
     /// Checks that the database answers.
     pub fn ping(&self) -> Result<(), DbError> {
         let mut conn = self.conn()?;
+        diesel::sql_query("SELECT 1").execute(&mut *conn)?;
+        Ok(())
+    }
+
+    /// Like [`Db::ping`], but gives up on getting a connection after `timeout` instead of the
+    /// pool's 10 s, for health checks that must answer quickly when the server is gone. (The
+    /// caller should still bound the whole check: a server that accepts but never answers can
+    /// hold the query itself.)
+    pub fn check(&self, timeout: Duration) -> Result<(), DbError> {
+        let mut conn = self.pool.get_timeout(timeout)?;
         diesel::sql_query("SELECT 1").execute(&mut *conn)?;
         Ok(())
     }

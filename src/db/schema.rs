@@ -77,6 +77,7 @@ diesel::table! {
         error_message -> Nullable<Text>,
         peak_rss_bytes -> Nullable<BigInt>,
         peak_gpu_bytes -> Nullable<BigInt>,
+        stage_seconds -> Nullable<Text>,
     }
 }
 
@@ -122,7 +123,34 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    sessions (id) {
+        id -> Text,
+        user_id -> BigInt,
+        csrf_token -> Text,
+        peer -> Text,
+        created_at -> Timestamp,
+        last_seen_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    workers (id) {
+        id -> Text,
+        device -> Text,
+        host -> Text,
+        pid -> Integer,
+        version -> Text,
+        started_at -> Timestamp,
+        last_seen_at -> Timestamp,
+        current_job_id -> Nullable<Text>,
+        stopped_at -> Nullable<Timestamp>,
+    }
+}
+
 diesel::joinable!(dispatches -> jobs (job_id));
+diesel::joinable!(sessions -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     instances,
@@ -131,4 +159,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     dispatches,
     users,
     audit_events,
+    sessions,
+    workers,
 );

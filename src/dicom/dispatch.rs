@@ -57,6 +57,21 @@ pub struct Dispatch {
     pub last_error: Option<String>,
 }
 
+/// Sends a dispatch again (an administrator's "resend"): pending, due now, attempts from zero.
+/// `false` when no such row exists.
+pub fn resend(db: &Db, id: i64) -> Result<bool, DbError> {
+    let now = Utc::now().naive_utc();
+    let mut conn = db.conn()?;
+    let n = diesel::update(dispatches::table.find(id))
+        .set((
+            dispatches::status.eq(status::PENDING),
+            dispatches::next_attempt_at.eq(now),
+            dispatches::attempts.eq(0),
+        ))
+        .execute(&mut *conn)?;
+    Ok(n == 1)
+}
+
 /// Records that a job's `files` must go to `dest`. Idempotent per job and destination: calling it
 /// again (a resend) makes the row pending and due now, with the new file list.
 pub fn enqueue(

@@ -42,6 +42,29 @@ pub struct ScpStats {
     pub failures: AtomicU64,
     /// Dataset bytes received.
     pub bytes: AtomicU64,
+    /// The plain listener's address while the SCP accepts associations (for `/healthz`).
+    listening: std::sync::Mutex<Option<SocketAddr>>,
+}
+
+impl ScpStats {
+    /// Where the SCP accepts associations now; `None` before it is bound or once it stopped.
+    pub fn listening(&self) -> Option<SocketAddr> {
+        *self.listening.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records where the SCP listens (`None`: it stopped). [`Scp`] does this itself.
+    pub fn set_listening(&self, addr: Option<SocketAddr>) {
+        *self.listening.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+    }
+}
+
+/// Clears [`ScpStats::listening`] when the accept loop ends, however it ends.
+struct Listening(Arc<Shared>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.stats.set_listening(None);
+    }
 }
 
 /// A finished association, for the series watcher.
@@ -104,6 +127,8 @@ impl Scp {
         stats: Arc<ScpStats>,
     ) -> std::io::Result<Scp> {
         let listener = TcpListener::bind((cfg.bind.as_str(), cfg.port)).await?;
+        // Bound means connections queue for us from now on: that is listening.
+        stats.set_listening(listener.local_addr().ok());
         let allowed = cfg.allowed.iter().map(resolve).collect();
         let shared = Shared {
             ae_title: cfg.ae_title.trim().to_owned(),
@@ -162,6 +187,7 @@ impl Scp {
     /// Serves until `shutdown` turns true, then stops accepting and lets in-flight associations
     /// finish (up to a grace period).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let listening = Listening(Arc::clone(&self.shared));
         let mut tasks = JoinSet::new();
         let counter = AtomicU64::new(0);
         loop {
@@ -189,6 +215,7 @@ impl Scp {
         }
         drop(self.listener);
         drop(self.tls);
+        drop(listening);
         info!(
             in_flight = tasks.len(),
             "SCP stopped accepting; finishing in-flight associations"

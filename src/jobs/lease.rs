@@ -1,5 +1,8 @@
 //! What a worker does with a job it holds besides progress and the final outcome: hand it back
-//! untouched (the worker is shutting down) and record what the attempt cost.
+//! untouched (the worker is shutting down) and record what the attempt cost (peak memory, seconds
+//! per pipeline stage).
+
+use std::collections::BTreeMap;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -54,6 +57,35 @@ impl Queue {
                 jobs::peak_rss_bytes.eq(r.peak_rss_bytes),
                 jobs::peak_gpu_bytes.eq(r.peak_gpu_bytes),
             ))
+            .execute(&mut *conn)?;
+        if n == 0 {
+            return Err(lease_lost(job_id, worker_id));
+        }
+        Ok(())
+    }
+
+    /// Records the seconds each pipeline stage took (`jobs.stage_seconds`, a JSON object
+    /// `{stage: seconds}`), while the worker holds the job; call it just before completing.
+    /// Nothing is written for an empty map.
+    pub fn record_stage_seconds(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        stages: &BTreeMap<String, f64>,
+    ) -> Result<(), QueueError> {
+        if stages.is_empty() {
+            return Ok(());
+        }
+        // Milliseconds are plenty for a histogram and keep the column short.
+        let rounded: BTreeMap<&str, f64> = stages
+            .iter()
+            .filter(|(_, s)| s.is_finite())
+            .map(|(k, s)| (k.as_str(), (s.max(0.0) * 1000.0).round() / 1000.0))
+            .collect();
+        let json = serde_json::to_string(&rounded).unwrap_or_else(|_| "{}".to_owned());
+        let mut conn = self.db().conn()?;
+        let n = diesel::update(owned(job_id, worker_id))
+            .set(jobs::stage_seconds.eq(json))
             .execute(&mut *conn)?;
         if n == 0 {
             return Err(lease_lost(job_id, worker_id));

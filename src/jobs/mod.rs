@@ -8,6 +8,7 @@
 
 mod clock;
 mod lease;
+mod manage;
 mod model;
 mod queue;
 mod stats;

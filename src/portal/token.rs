@@ -1,5 +1,5 @@
-//! The internal API's bearer token: a random secret in a file only the service user can read,
-//! created at first start, compared in constant time.
+//! Random secrets in files only the service user can read (the internal API's bearer token, the
+//! portal's session key), created at first start, compared in constant time.
 
 use std::io::Write;
 use std::path::Path;
@@ -11,7 +11,7 @@ const MIN_LEN: usize = 32;
 
 /// The token file could not be read or created, or holds too short a token.
 #[derive(Debug, thiserror::Error)]
-#[error("internal API token {path}: {reason}")]
+#[error("secret file {path}: {reason}")]
 pub struct TokenError {
     /// The file.
     pub path: String,

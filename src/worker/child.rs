@@ -246,6 +246,11 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
     let zip = dir.join(format!("{prefix}_results.zip"));
     package::zip_dir(&results_dir, &format!("{prefix}_results"), &zip)
         .map_err(|e| io("writing the zip", e))?;
+    // Stage names are unique today; should one repeat, its times add up.
+    let mut stage_seconds = std::collections::BTreeMap::new();
+    for (stage, seconds) in &results.timings_s {
+        *stage_seconds.entry(stage.clone()).or_insert(0.0) += seconds;
+    }
     Ok(Event::Done {
         zip: zip.to_string_lossy().into_owned(),
         dicom: dicom
@@ -253,6 +258,7 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
             .map(|p| p.to_string_lossy().into_owned())
             .collect(),
         peak_gpu_bytes: None,
+        stage_seconds,
     })
 }
 

@@ -33,6 +33,8 @@ pub enum Outcome {
         dicom: Vec<String>,
         /// Peak CUDA memory, bytes.
         peak_gpu_bytes: Option<i64>,
+        /// Seconds per pipeline stage, as the job's process measured them.
+        stage_seconds: std::collections::BTreeMap<String, f64>,
     },
     /// The attempt failed.
     Failed(FailureOf),
@@ -130,12 +132,14 @@ pub fn classify(
                 zip,
                 dicom,
                 peak_gpu_bytes,
+                stage_seconds,
             }),
             Some(0),
         ) => Outcome::Complete {
             zip: zip.clone(),
             dicom: dicom.clone(),
             peak_gpu_bytes: *peak_gpu_bytes,
+            stage_seconds: stage_seconds.clone(),
         },
         (
             Some(Event::Failed {
@@ -194,6 +198,7 @@ mod tests {
             zip: "z".into(),
             dicom: vec![],
             peak_gpu_bytes: None,
+            stage_seconds: Default::default(),
         };
         assert!(matches!(
             classify(exited(0), Some(&done), Intervention::None, 9, ""),

@@ -1,6 +1,7 @@
 //! What the child tells the supervisor: one JSON object per line on its stdout. Anything else
 //! the child prints goes to stderr (kept in the job folder), so stdout stays machine-readable.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,10 @@ pub enum Event {
         dicom: Vec<String>,
         /// Peak CUDA memory, bytes (CUDA only).
         peak_gpu_bytes: Option<i64>,
+        /// Seconds per stage (the same timings as `results.json`), for the job row and the
+        /// stage-duration histogram of `/metrics`.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        stage_seconds: BTreeMap<String, f64>,
     },
     /// The job failed in a way the child understood.
     Failed {
@@ -83,6 +88,21 @@ mod tests {
         assert!(line.contains("\"event\":\"progress\""), "{line}");
         assert_eq!(Event::parse(&line), Some(e));
         assert_eq!(Event::parse("Warning: something"), None);
+        let done = Event::Done {
+            zip: "/j/r.zip".into(),
+            dicom: vec![],
+            peak_gpu_bytes: None,
+            stage_seconds: [("segmentation".to_owned(), 1.5)].into(),
+        };
+        assert_eq!(
+            Event::parse(&serde_json::to_string(&done).unwrap()),
+            Some(done)
+        );
+        // An older child's line, without the timings, still parses.
+        let old = r#"{"event":"done","zip":"z","dicom":[],"peak_gpu_bytes":null}"#;
+        assert!(
+            matches!(Event::parse(old), Some(Event::Done { stage_seconds, .. }) if stage_seconds.is_empty())
+        );
         let f = Event::failed(ErrorCode::GpuOom, "out of memory", true);
         assert_eq!(Event::parse(&serde_json::to_string(&f).unwrap()), Some(f));
     }

@@ -2,12 +2,14 @@
 //! in its own process group, streams the child's progress into the job row, heart-beats the
 //! lease, enforces the time limit (SIGTERM, a grace period, SIGKILL to the group), and records
 //! the outcome. It never loads a model: the child's exit is what frees host and GPU memory.
+//! It also keeps its row in the worker registry ([`super::registry`]) fresh.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
@@ -17,6 +19,7 @@ use tracing::{info, warn};
 use super::classify::{classify, Intervention, Outcome};
 use super::jobfile::{JobFile, STDERR_FILE};
 use super::protocol::Event;
+use super::registry::{Presence, WorkerInfo};
 use super::remote::{RemoteError, RemoteNode};
 use super::resources::{gpu_memory_of, peak_rss_of};
 use crate::config::Config;
@@ -29,6 +32,23 @@ pub const KILL_GRACE: Duration = Duration::from_secs(3);
 /// Series Number of the SEG a job writes (the SR takes the next one).
 pub const SEG_SERIES_NUMBER: i32 = 9901;
 
+/// How many supervisors this process made per device, so that a second one on the same device
+/// (two workers on one big GPU) gets its own worker id: leases and the registry key on it.
+static PER_DEVICE: Mutex<BTreeMap<String, u32>> = Mutex::new(BTreeMap::new());
+
+/// `host:pid:device`, with `#N` for the N-th supervisor on the same device in this process.
+fn next_worker_id(host: &str, device: &str) -> String {
+    let mut seen = PER_DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    let n = seen.entry(device.to_owned()).or_insert(0);
+    *n += 1;
+    let pid = std::process::id();
+    if *n == 1 {
+        format!("{host}:{pid}:{device}")
+    } else {
+        format!("{host}:{pid}:{device}#{n}")
+    }
+}
+
 /// What one supervisor needs.
 #[derive(Clone)]
 pub struct Supervisor {
@@ -39,6 +59,7 @@ pub struct Supervisor {
     exe: PathBuf,
     idle_poll: Duration,
     remote: Option<RemoteNode>,
+    presence: Arc<Presence>,
 }
 
 /// The end of one job attempt, as the supervisor saw it (for logs, tests and benchmarks).
@@ -60,14 +81,26 @@ impl Supervisor {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "host".into());
+        let worker_id = next_worker_id(&host, device);
+        let presence = Arc::new(Presence::new(
+            queue.db().clone(),
+            WorkerInfo {
+                id: worker_id.clone(),
+                device: device.to_owned(),
+                host,
+                pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+        ));
         Self {
             queue,
             config,
             device: device.to_owned(),
-            worker_id: format!("{host}:{}:{device}", std::process::id()),
+            worker_id,
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kneenode")),
             idle_poll: Duration::from_millis(500),
             remote: None,
+            presence,
         }
     }
 
@@ -89,15 +122,18 @@ impl Supervisor {
     }
 
     /// Claims and runs jobs in the current thread until `stop` is set; a running job is then
-    /// stopped and handed back to the queue without using up an attempt.
+    /// stopped and handed back to the queue without using up an attempt. The worker's registry
+    /// row is written at start, refreshed while it runs and marked stopped at the end.
     pub fn run(&self, stop: &AtomicBool) {
         info!(worker = %self.worker_id, device = %self.device, "worker started");
+        self.presence.register();
         let lease = Duration::from_secs(self.config.worker.lease_s);
         let mut failures = 0u32;
         while !stop.load(Ordering::Relaxed) {
             match self.queue.claim(&self.worker_id, lease) {
                 Ok(Some(job)) => {
                     failures = 0;
+                    self.presence.touch(Some(&job.id));
                     match self.run_job(&job, stop) {
                         Ok(a) => info!(job_id = %a.job_id, outcome = outcome_name(&a.outcome),
                                        seconds = a.elapsed.as_secs_f64(),
@@ -105,15 +141,22 @@ impl Supervisor {
                                        "job attempt finished"),
                         Err(e) => warn!(job_id = %job.id, error = %e, "job attempt not recorded"),
                     }
+                    self.presence.touch(None);
                 }
-                Ok(None) => sleep_unless(stop, self.idle_poll),
+                Ok(None) => {
+                    self.presence.touch_if_due(None);
+                    sleep_unless(stop, self.idle_poll);
+                }
                 Err(e) => {
                     failures += 1;
                     warn!(error = %e, "claiming a job failed");
+                    // Still here, even if the database is not: the refresh fails quietly.
+                    self.presence.touch_if_due(None);
                     sleep_unless(stop, Duration::from_secs(u64::from(failures.min(30))));
                 }
             }
         }
+        self.presence.stopped();
         info!(worker = %self.worker_id, "worker stopped");
     }
 
@@ -197,10 +240,13 @@ impl Supervisor {
                 let _ = std::fs::remove_dir_all(dir.join(leftover));
             }
             let delivered = match &watched.outcome {
-                Outcome::Complete { zip, .. } => {
+                Outcome::Complete {
+                    zip, stage_seconds, ..
+                } => {
                     // Recorded while this worker still holds the job; the node completes it.
                     self.queue
                         .record_resources(&job.id, &self.worker_id, watched.resources)?;
+                    self.record_stage_seconds(&job.id, stage_seconds);
                     let sent = remote.upload_results(&job.id, &self.worker_id, Path::new(zip));
                     let _ = std::fs::remove_file(zip);
                     match sent {
@@ -316,6 +362,7 @@ impl Supervisor {
                     warn!(job_id = %job.id, error = %e, "waiting for the job's process failed");
                 }
             }
+            self.presence.touch_if_due(Some(&job.id));
             if intervention == Intervention::None {
                 if started.elapsed() >= limit {
                     intervention = Intervention::Timeout;
@@ -401,6 +448,17 @@ impl Supervisor {
         }
     }
 
+    /// Stores the child's stage timings in the job row; they feed statistics only, so a failed
+    /// write is logged and the job still completes (a lost lease shows up at completion).
+    fn record_stage_seconds(&self, job_id: &str, stages: &BTreeMap<String, f64>) {
+        if let Err(e) = self
+            .queue
+            .record_stage_seconds(job_id, &self.worker_id, stages)
+        {
+            warn!(job_id = %job_id, error = %e, "recording the stage timings failed");
+        }
+    }
+
     /// Writes the outcome into the job row (and the dispatch rows on success).
     fn record(
         &self,
@@ -415,7 +473,13 @@ impl Supervisor {
             self.queue.record_resources(id, me, resources)?;
         }
         match &outcome {
-            Outcome::Complete { zip, dicom, .. } => {
+            Outcome::Complete {
+                zip,
+                dicom,
+                stage_seconds,
+                ..
+            } => {
+                self.record_stage_seconds(id, stage_seconds);
                 let size = std::fs::metadata(zip).map(|m| m.len()).unwrap_or(0);
                 self.queue
                     .complete(id, me, zip, i64::try_from(size).unwrap_or(i64::MAX))?;

@@ -157,19 +157,6 @@ fn config_check_names_the_file_and_key_of_a_bad_value() {
 }
 
 #[test]
-fn verbs_of_later_versions_say_so_and_fail() {
-    let dir = tempfile::tempdir().unwrap();
-    for verb in ["portal", "user"] {
-        let out = kneenode(dir.path()).arg(verb).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{verb}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("not available yet"),
-            "{verb}"
-        );
-    }
-}
-
-#[test]
 fn phantom_writes_a_valid_dicom_series_and_its_labels() {
     let dir = tempfile::tempdir().unwrap();
     crate::common::run_ok(
