@@ -49,7 +49,9 @@ pub struct JobItem {
     pub completed_at: NaiveDateTime,
     /// `jobs/<id>`.
     pub path: PathBuf,
-    /// Bytes on disk.
+    /// `uploads/<upload id>`, the input of a job made by a portal upload.
+    pub upload: Option<PathBuf>,
+    /// Bytes on disk (the job folder and its upload).
     pub bytes: u64,
 }
 
@@ -89,8 +91,11 @@ impl fmt::Display for Plan {
         for j in &self.jobs {
             writeln!(
                 f,
-                "job    {} ({}, ended {}, {:.1} MB)",
+                "job    {}{} ({}, ended {}, {:.1} MB)",
                 j.path.display(),
+                j.upload
+                    .as_ref()
+                    .map_or_else(String::new, |u| format!(" + {}", u.display())),
                 j.status,
                 j.completed_at.format("%Y-%m-%d %H:%M"),
                 j.bytes as f64 / 1e6
@@ -169,16 +174,36 @@ pub fn plan(db: &Db, storage_dir: &Path, days: u32, now: NaiveDateTime) -> Resul
         JobStatus::Error.as_str(),
         JobStatus::Cancelled.as_str(),
     ];
-    let ended: Vec<(String, String, Option<NaiveDateTime>)> = jobs::table
+    type Ended = (String, String, Option<NaiveDateTime>, String, String);
+    let ended: Vec<Ended> = jobs::table
         .filter(jobs::status.eq_any(finished))
         .filter(jobs::completed_at.lt(cutoff))
-        .select((jobs::id, jobs::status, jobs::completed_at))
+        .select((
+            jobs::id,
+            jobs::status,
+            jobs::completed_at,
+            jobs::source,
+            jobs::input_path,
+        ))
         .order(jobs::completed_at)
         .load(&mut *conn)
         .map_err(DbError::Query)?;
-    for (id, status, completed_at) in ended {
+    let uploads = storage_dir.join("uploads");
+    for (id, status, completed_at, source, input) in ended {
         let path = storage_dir.join("jobs").join(&id);
-        if !path.exists() {
+        // An uploaded input lives in uploads/<upload id>/…; it goes with its job.
+        let upload = (source == crate::jobs::JobSource::Upload.as_str())
+            .then(|| {
+                Path::new(&input)
+                    .strip_prefix(&uploads)
+                    .ok()?
+                    .components()
+                    .next()
+            })
+            .flatten()
+            .map(|c| uploads.join(c.as_os_str()))
+            .filter(|u| u.is_dir());
+        if !path.exists() && upload.is_none() {
             continue;
         }
         let unsent: i64 = dispatches::table
@@ -191,7 +216,8 @@ pub fn plan(db: &Db, storage_dir: &Path, days: u32, now: NaiveDateTime) -> Resul
             continue;
         }
         plan.jobs.push(JobItem {
-            bytes: size_of(&path),
+            bytes: size_of(&path) + upload.as_deref().map_or(0, size_of),
+            upload,
             id,
             status,
             completed_at: completed_at.unwrap_or(cutoff),
@@ -267,6 +293,9 @@ pub fn apply(db: &Db, plan: &Plan) -> Result<Report, RetentionError> {
     }
     for j in &plan.jobs {
         remove_dir(&j.path)?;
+        if let Some(u) = &j.upload {
+            remove_dir(u)?;
+        }
         diesel::update(jobs::table.find(&j.id))
             .set(jobs::result_path.eq(None::<String>))
             .execute(&mut *conn)

@@ -186,6 +186,47 @@ mod retention {
         String::from_utf8(run_ok(&mut cmd).stdout).unwrap()
     }
 
+    /// An upload job ended at `ended`, its input in `uploads/<id>/`.
+    fn upload_job(db: &Db, storage: &Path, ended: NaiveDateTime) -> PathBuf {
+        let upload = storage
+            .join("uploads")
+            .join(uuid::Uuid::new_v4().to_string());
+        std::fs::create_dir_all(&upload).unwrap();
+        std::fs::write(upload.join("knee.nii"), vec![2u8; 700]).unwrap();
+        let new = NewJob::new(
+            JobSource::Upload,
+            upload.join("knee.nii").to_string_lossy(),
+            Default::default(),
+        );
+        let job = Queue::new(db.clone()).enqueue(&new).unwrap().job;
+        std::fs::create_dir_all(storage.join("jobs").join(&job.id)).unwrap();
+        let mut c = db.conn().unwrap();
+        diesel::update(jobs::table.find(&job.id))
+            .set((
+                jobs::status.eq("complete"),
+                jobs::completed_at.eq(Some(ended)),
+            ))
+            .execute(&mut *c)
+            .unwrap();
+        upload
+    }
+
+    #[test]
+    fn an_uploaded_input_goes_with_its_expired_job_and_stays_with_a_recent_one() {
+        let (_scratch, db) = fresh(Backend::Sqlite, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("storage");
+        let old = upload_job(&db, &storage, days_ago(40));
+        let recent = upload_job(&db, &storage, days_ago(3));
+        let plan = kneenode::retention::plan(&db, &storage, 30, days_ago(0)).unwrap();
+        assert_eq!(plan.jobs.len(), 1, "{plan}");
+        assert_eq!(plan.jobs[0].upload.as_deref(), Some(old.as_path()));
+        assert!(plan.to_string().contains(&*old.to_string_lossy()), "{plan}");
+        kneenode::retention::apply(&db, &plan).unwrap();
+        assert!(!old.exists());
+        assert!(recent.join("knee.nii").exists());
+    }
+
     #[test]
     fn a_dry_run_lists_exactly_the_expired_items_and_the_real_run_removes_only_those() {
         let (scratch, db) = fresh(Backend::Sqlite, 2);
