@@ -118,6 +118,7 @@ impl actix_web::ResponseError for Fail {
                     meta charset="utf-8";
                     title { "kneenode — " (title) }
                     link rel="stylesheet" href="/static/app.css";
+                    link rel="icon" href="/static/favicon.svg" type="image/svg+xml";
                 }
                 body.error-page {
                     main {

@@ -138,8 +138,21 @@ fn filtered<'a>(f: &'a JobFilter) -> Boxed<'a> {
 
 /// The jobs matching `f`, newest first, one page.
 pub fn list_jobs(db: &Db, f: &JobFilter) -> Result<JobPage, DbError> {
+    let total: i64 = {
+        let mut conn = db.conn()?;
+        filtered(f).count().get_result(&mut *conn)?
+    };
+    Ok(JobPage {
+        jobs: page_of(db, f)?,
+        total,
+        page: f.page(),
+        per_page: f.per_page(),
+    })
+}
+
+/// One page of the jobs matching `f`, newest first, without counting them all.
+fn page_of(db: &Db, f: &JobFilter) -> Result<Vec<JobSummary>, DbError> {
     let mut conn = db.conn()?;
-    let total: i64 = filtered(f).count().get_result(&mut *conn)?;
     let rows: Vec<Job> = filtered(f)
         .order((jobs::created_at.desc(), jobs::id.desc()))
         .limit(f.per_page())
@@ -162,7 +175,7 @@ pub fn list_jobs(db: &Db, f: &JobFilter) -> Result<JobPage, DbError> {
             ))
             .load(&mut *conn)?
     };
-    let jobs = rows
+    Ok(rows
         .into_iter()
         .map(|j| {
             let sender = j
@@ -171,13 +184,7 @@ pub fn list_jobs(db: &Db, f: &JobFilter) -> Result<JobPage, DbError> {
                 .and_then(|u| senders.iter().find(|(s, _, _)| s == u));
             summary(j, sender)
         })
-        .collect();
-    Ok(JobPage {
-        jobs,
-        total,
-        page: f.page(),
-        per_page: f.per_page(),
-    })
+        .collect())
 }
 
 fn summary(j: Job, sender: Option<&(String, Option<String>, String)>) -> JobSummary {
@@ -207,7 +214,7 @@ pub fn latest(db: &Db, status: JobStatus, limit: i64) -> Result<Vec<JobSummary>,
         per_page: Some(limit),
         ..JobFilter::default()
     };
-    Ok(list_jobs(db, &f)?.jobs)
+    page_of(db, &f)
 }
 
 /// The queue in claim order (priority, then age), at most `limit`.

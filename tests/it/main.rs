@@ -7,6 +7,7 @@
     reason = "a failing test should stop loudly"
 )]
 
+mod browser;
 mod cli;
 mod common;
 mod config;

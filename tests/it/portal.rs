@@ -754,6 +754,8 @@ fn every_page_renders_for_an_admin() {
         "/static/app.css",
         "/static/app.js",
         "/static/viewer.js",
+        "/static/favicon.svg",
+        "/favicon.ico",
     ] {
         let mut r = agent()
             .get(site.url(path))

@@ -14,5 +14,5 @@ CREATE INDEX sessions_expires ON sessions (expires_at);
 
 -- The portal's job list (newest first, optionally by status) and the audit log by kind.
 CREATE INDEX jobs_created ON jobs (created_at, id);
-CREATE INDEX jobs_status_created ON jobs (status, created_at);
+CREATE INDEX jobs_status_created ON jobs (status, created_at, id);
 CREATE INDEX audit_events_kind ON audit_events (kind, id);

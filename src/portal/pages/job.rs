@@ -7,12 +7,11 @@ use std::path::PathBuf;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup};
-use serde::Deserialize;
 
-use super::{bytes, duration, page, see_other, status_badge, when, when_opt};
+use super::{bytes, duration, page, status_badge, when, when_opt};
 use crate::audit::{self, Event};
-use crate::jobs::{CancelOutcome, Job, JobStatus, Queue};
-use crate::portal::auth::{Admin, Viewer};
+use crate::jobs::{Job, JobStatus, Queue};
+use crate::portal::auth::Viewer;
 use crate::portal::error::Fail;
 use crate::portal::views::{self, Delivery, JobResults, RegionThickness};
 use crate::portal::{meshview, AppState};
@@ -24,13 +23,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/jobs/{id}/download", web::get().to(download))
         .route("/jobs/{id}/meshes.json", web::get().to(meshes_manifest))
         .route("/jobs/{id}/meshes/{name}.bin", web::get().to(mesh_bin))
-        .route("/jobs/{id}/cancel", web::post().to(cancel))
-        .route("/jobs/{id}/retry", web::post().to(retry))
-        .route("/jobs/{id}/delete", web::post().to(delete))
-        .route(
-            "/jobs/{id}/dispatches/{dispatch}/resend",
-            web::post().to(resend),
-        );
+        .configure(super::actions::routes);
 }
 
 struct Detail {
@@ -371,145 +364,4 @@ fn file_stream(
             Err(e) => Some((Err(actix_web::error::ErrorInternalServerError(e)), None)),
         }
     })
-}
-
-#[derive(Debug, Deserialize)]
-struct CsrfForm {
-    csrf: Option<String>,
-}
-
-fn admin_event(admin: &Admin, action: &str, outcome: &str, detail: serde_json::Value) -> Event {
-    Event {
-        kind: "admin",
-        actor: admin.name().to_owned(),
-        action: action.to_owned(),
-        outcome: outcome.to_owned(),
-        detail,
-    }
-}
-
-async fn cancel(
-    state: web::Data<AppState>,
-    admin: Admin,
-    id: web::Path<String>,
-    form: web::Form<CsrfForm>,
-) -> Result<HttpResponse, Fail> {
-    admin.check_csrf(form.csrf.as_deref())?;
-    let id = id.into_inner();
-    let (db, key) = (state.db.clone(), id.clone());
-    let outcome = web::block(move || Queue::new(db).cancel(&key)).await??;
-    let text = match outcome {
-        CancelOutcome::Cancelled => "cancelled",
-        CancelOutcome::Requested => "requested",
-        _ => "already-final",
-    };
-    record(
-        &state,
-        admin_event(
-            &admin,
-            "cancel-job",
-            text,
-            serde_json::json!({ "job_id": id }),
-        ),
-    )
-    .await?;
-    Ok(see_other(&format!("/jobs/{id}")))
-}
-
-async fn retry(
-    state: web::Data<AppState>,
-    admin: Admin,
-    id: web::Path<String>,
-    form: web::Form<CsrfForm>,
-) -> Result<HttpResponse, Fail> {
-    admin.check_csrf(form.csrf.as_deref())?;
-    let id = id.into_inner();
-    let (db, key) = (state.db.clone(), id.clone());
-    let ok = web::block(move || Queue::new(db).retry(&key)).await??;
-    record(
-        &state,
-        admin_event(
-            &admin,
-            "retry-job",
-            if ok { "ok" } else { "refused" },
-            serde_json::json!({ "job_id": id }),
-        ),
-    )
-    .await?;
-    if !ok {
-        return Err(Fail::new(
-            actix_web::http::StatusCode::CONFLICT,
-            "only failed or cancelled jobs can be retried",
-        ));
-    }
-    Ok(see_other(&format!("/jobs/{id}")))
-}
-
-async fn delete(
-    state: web::Data<AppState>,
-    admin: Admin,
-    id: web::Path<String>,
-    form: web::Form<CsrfForm>,
-) -> Result<HttpResponse, Fail> {
-    admin.check_csrf(form.csrf.as_deref())?;
-    let id = id.into_inner();
-    let (s, key) = (state.clone(), id.clone());
-    let ok = web::block(move || -> Result<bool, Fail> {
-        let ok = Queue::new(s.db.clone()).delete(&key)?;
-        if ok {
-            if let Some(dir) = views::job_dir(&s.config.storage.dir, &key) {
-                if dir.exists() {
-                    std::fs::remove_dir_all(&dir).map_err(Fail::internal)?;
-                }
-            }
-        }
-        Ok(ok)
-    })
-    .await??;
-    record(
-        &state,
-        admin_event(
-            &admin,
-            "delete-job",
-            if ok { "ok" } else { "refused" },
-            serde_json::json!({ "job_id": id }),
-        ),
-    )
-    .await?;
-    if !ok {
-        return Err(Fail::new(
-            actix_web::http::StatusCode::CONFLICT,
-            "cancel the job before deleting it",
-        ));
-    }
-    Ok(see_other("/jobs"))
-}
-
-async fn resend(
-    state: web::Data<AppState>,
-    admin: Admin,
-    path: web::Path<(String, i64)>,
-    form: web::Form<CsrfForm>,
-) -> Result<HttpResponse, Fail> {
-    admin.check_csrf(form.csrf.as_deref())?;
-    let (id, dispatch) = path.into_inner();
-    let db = state.db.clone();
-    let ok = web::block(move || crate::dicom::dispatch::resend(&db, dispatch)).await??;
-    record(
-        &state,
-        admin_event(
-            &admin,
-            "resend",
-            if ok { "ok" } else { "not-found" },
-            serde_json::json!({ "job_id": id, "dispatch": dispatch }),
-        ),
-    )
-    .await?;
-    Ok(see_other(&format!("/jobs/{id}")))
-}
-
-async fn record(state: &web::Data<AppState>, e: Event) -> Result<(), Fail> {
-    let db = state.db.clone();
-    web::block(move || audit::record_or_log(&db, &e)).await?;
-    Ok(())
 }

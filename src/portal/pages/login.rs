@@ -65,6 +65,7 @@ fn render(csrf: &str, next: &str, message: Option<&str>) -> maud::Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { "Log in — kneenode" }
                 link rel="stylesheet" href="/static/app.css";
+                    link rel="icon" href="/static/favicon.svg" type="image/svg+xml";
             }
             body.login-page {
                 main.login {

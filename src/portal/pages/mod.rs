@@ -2,6 +2,7 @@
 //! statistics, users and the audit log. Pages work without JavaScript; `app.js` only refreshes
 //! progress, and `viewer.js` draws the 3D view.
 
+pub mod actions;
 pub mod admin;
 pub mod dashboard;
 pub mod job;
@@ -20,6 +21,7 @@ use super::auth::Viewer;
 /// Mounts the pages and the static assets.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/static/{name}", web::get().to(asset))
+        .route("/favicon.ico", web::get().to(favicon))
         .configure(login::routes)
         .configure(dashboard::routes)
         .configure(jobs::routes)
@@ -42,6 +44,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../assets/app.js"),
     ),
     (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("../assets/favicon.svg"),
+    ),
+    (
         "viewer.js",
         "text/javascript; charset=utf-8",
         crate::portal::meshview::VIEWER_JS,
@@ -56,6 +63,11 @@ async fn asset(name: web::Path<String>) -> HttpResponse {
             .body(*body),
         None => HttpResponse::NotFound().finish(),
     }
+}
+
+/// Browsers ask for `/favicon.ico` on their own; answer with the SVG icon.
+async fn favicon() -> HttpResponse {
+    asset(web::Path::from("favicon.svg".to_owned())).await
 }
 
 /// Percent-encodes everything but unreserved characters (query values, `next=` targets).
@@ -132,6 +144,7 @@ pub fn page(title: &str, viewer: &Viewer, body: Markup) -> HttpResponse {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " — kneenode" }
                 link rel="stylesheet" href="/static/app.css";
+                link rel="icon" href="/static/favicon.svg" type="image/svg+xml";
                 script src="/static/app.js" defer {}
             }
             body {

@@ -26,8 +26,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 fn model_names(state: &AppState) -> (Vec<String>, Option<String>) {
     match crate::pipeline::models::Registry::load(&state.config.models.registry) {
+        // Segmentation models only: shape models are chosen by the NSM options.
         Ok(r) => (
-            r.names().map(str::to_owned).collect(),
+            r.names()
+                .filter(|n| {
+                    r.spec(Some(n))
+                        .is_ok_and(|s| s.manifest.kind != crate::pipeline::models::ModelKind::Nsm)
+                })
+                .map(str::to_owned)
+                .collect(),
             r.default_model().map(str::to_owned),
         ),
         Err(_) => (Vec::new(), None),
