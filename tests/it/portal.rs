@@ -771,6 +771,17 @@ fn every_page_renders_for_an_admin() {
         .call()
         .unwrap();
     assert_eq!(r.status(), 404);
+    // The audit log shows this admin's login, with the kind filter.
+    let mut r = agent()
+        .get(site.url("/audit?kind=login"))
+        .header("Cookie", &admin.cookie)
+        .call()
+        .unwrap();
+    let html = r.body_mut().read_to_string().unwrap();
+    assert!(
+        html.contains("<td>admin</td>") && html.contains("<td>login</td>"),
+        "{html}"
+    );
 }
 
 #[test]
