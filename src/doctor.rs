@@ -143,13 +143,33 @@ fn check_database(r: &mut Report, cfg: &Config) {
     };
     let what = format!("{} {}", db.kind().name(), db.url_redacted());
     match db.pending_migrations() {
-        Ok(0) => r.add("database", Level::Ok, format!("{what}: reachable, migrated")),
+        Ok(0) => {
+            r.add("database", Level::Ok, format!("{what}: reachable, migrated"));
+            check_portal_admin(r, &db);
+        }
         Ok(n) => r.add(
             "database",
             Level::Warn,
             format!("{what}: reachable, {n} migration(s) pending (`kneenode migrate`, or they run at start)"),
         ),
         Err(e) => r.add("database", Level::Fail, format!("{what}: {e}")),
+    }
+}
+
+/// Nobody can log in to the portal until an admin exists (there is no default password).
+fn check_portal_admin(r: &mut Report, db: &Db) {
+    match crate::portal::auth::users::enabled_admins(db) {
+        Ok(0) => r.add(
+            "portal users",
+            Level::Warn,
+            "no enabled admin: create one with `kneenode user add NAME --role admin`",
+        ),
+        Ok(n) => r.add("portal users", Level::Ok, format!("{n} enabled admin(s)")),
+        Err(e) => r.add(
+            "portal users",
+            Level::Warn,
+            format!("cannot read users: {e}"),
+        ),
     }
 }
 

@@ -63,6 +63,7 @@ fn serve_starts_with_no_configuration_and_exits_0_on_sigterm() {
     let out = kneenode(dir.path()).arg("doctor").output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("reachable, migrated"), "{report}");
+    assert!(report.contains("no enabled admin"), "{report}");
 }
 
 #[test]
