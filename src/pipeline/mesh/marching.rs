@@ -33,6 +33,27 @@ pub fn marching_cubes(
     ];
     let mut zs = vec![NONE; plane];
     let inside = |v: f32| v > iso;
+    // Each grid row (fixed j, k) is all outside, all inside or mixed; a row of cells whose
+    // four corner rows are all outside (or all inside) holds no surface and is skipped whole.
+    // Most of a knee volume is such rows.
+    const OUT: u8 = 0;
+    const IN: u8 = 1;
+    const MIXED: u8 = 2;
+    let row_state: Vec<u8> = values
+        .chunks_exact(nx)
+        .map(|row| {
+            let first = inside(row[0]);
+            if row.iter().all(|&v| inside(v) == first) {
+                if first {
+                    IN
+                } else {
+                    OUT
+                }
+            } else {
+                MIXED
+            }
+        })
+        .collect();
 
     for k in 0..nz - 1 {
         if k > 0 {
@@ -44,14 +65,29 @@ pub fn marching_cubes(
             zs.fill(NONE);
         }
         for j in 0..ny - 1 {
+            // Corner rows by corner index >> 1: (j, k), (j+1, k), (j, k+1), (j+1, k+1).
+            let rows = [
+                j + ny * k,
+                j + 1 + ny * k,
+                j + ny * (k + 1),
+                j + 1 + ny * (k + 1),
+            ];
+            let states = rows.map(|r| row_state[r]);
+            if states[0] != MIXED && states.iter().all(|&s| s == states[0]) {
+                continue;
+            }
+            let starts = rows.map(|r| r * nx);
+            // Corner values slide along i: the x+1 side of one cell is the x side of the next.
+            let mut left = starts.map(|s| values[s]);
             for i in 0..nx - 1 {
-                let base = i + nx * (j + ny * k);
-                let mut val = [0f32; 8];
+                let right = starts.map(|s| values[s + i + 1]);
+                let val = [
+                    left[0], right[0], left[1], right[1], left[2], right[2], left[3], right[3],
+                ];
+                left = right;
                 let mut case = 0usize;
-                for (c, v) in val.iter_mut().enumerate() {
-                    let off = base + (c & 1) + nx * ((c >> 1) & 1) + plane * ((c >> 2) & 1);
-                    *v = values[off];
-                    if inside(*v) {
+                for (c, &v) in val.iter().enumerate() {
+                    if inside(v) {
                         case |= 1 << c;
                     }
                 }
