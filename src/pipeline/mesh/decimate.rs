@@ -11,7 +11,7 @@
 //! mesh is decimated before anything is measured on it.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap};
 
 use super::{cross, dot, norm, sub, Mesh};
 
@@ -88,9 +88,13 @@ impl PartialOrd for Candidate {
 }
 
 impl Ord for Candidate {
-    /// Reversed, so the max-heap pops the cheapest collapse.
+    /// Reversed, so the max-heap pops the cheapest collapse; equal costs go by vertex ids so
+    /// that the result never depends on the order candidates were pushed.
     fn cmp(&self, other: &Self) -> Ordering {
-        other.cost.total_cmp(&self.cost)
+        other
+            .cost
+            .total_cmp(&self.cost)
+            .then_with(|| (other.u, other.v).cmp(&(self.u, self.v)))
     }
 }
 
@@ -105,8 +109,8 @@ struct State {
 }
 
 impl State {
-    fn neighbours(&self, v: u32) -> HashSet<u32> {
-        let mut s = HashSet::new();
+    fn neighbours(&self, v: u32) -> BTreeSet<u32> {
+        let mut s = BTreeSet::new();
         for &f in &self.incident[v as usize] {
             for &w in &self.faces[f as usize] {
                 if w != v {

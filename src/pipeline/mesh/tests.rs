@@ -216,6 +216,9 @@ fn decimation_keeps_a_closed_sphere() {
     assert!(dv.abs() < 0.01 && da.abs() < 0.01);
     assert_outward(&small, [0.0; 3]);
     assert_eq!(decimate::decimate(&small, 1_000_000), small);
+    // The same input gives the same mesh (no hash-order dependence: NSM training and
+    // reproducible results need this).
+    assert_eq!(decimate::decimate(&mesh, target), small);
 }
 
 fn small_mesh_with_scalars() -> Mesh {
