@@ -5,6 +5,15 @@
 //! write a claim could possibly be — a primary-key `UPDATE` of one row, by the same number of
 //! threads on the same database — so the claim/reference ratio shows what the lease machinery
 //! (the locking sub-select and the returned row) costs on top of a bare round trip.
+//!
+//! The mesh benchmark ([`mesh`](mod@mesh)) times our marching cubes on one mask or field and
+//! prints a JSON line; `benches/mesh.sh` runs it beside scikit-image and VTK on the same volume
+//! (`benches/mesh_ref.py`), because the references live in Python.
+
+pub mod mesh;
+pub mod nsm;
+
+pub use mesh::{mesh, MeshBenchArgs, MeshBenchReport};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};

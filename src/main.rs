@@ -153,6 +153,69 @@ struct RunArgs {
     /// Gaussian variance (mm²) before the cartilage surface is extracted, 0–2.
     #[arg(long, default_value_t = 0.3125)]
     cartilage_smoothing: f64,
+    /// Fit the neural shape model after the meshes (the registry's NSM model, or --nsm-model):
+    /// NSM_recon_*.vtk and NSM_recon_params.json with the latent and the BScore.
+    #[arg(long, conflicts_with = "segment_only")]
+    nsm: bool,
+    /// Which NSM: bone_and_cart, bone_only or both.
+    #[arg(long, default_value = "bone_and_cart", requires = "nsm")]
+    nsm_type: String,
+    /// NSM model from the registry (default: the registry's `nsm`, else its first NSM model).
+    #[arg(long, requires = "nsm")]
+    nsm_model: Option<String>,
+    /// Grid points per axis of the NSM reconstruction (marching cubes of the SDF).
+    #[arg(long, default_value_t = 256, requires = "nsm")]
+    nsm_resolution: usize,
+    /// Most Adam steps of the NSM latent fit (it stops earlier after 50 steps without gain).
+    #[arg(long, default_value_t = 2000, requires = "nsm")]
+    nsm_steps: usize,
+}
+
+impl RunArgs {
+    /// The NSM stage these flags ask for.
+    fn nsm_run(&self) -> anyhow::Result<Option<kneenode::pipeline::run::NsmRun>> {
+        if !self.nsm {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            (8..=1024).contains(&self.nsm_resolution),
+            "--nsm-resolution must be between 8 and 1024"
+        );
+        let nsm_type = serde_json::from_value(self.nsm_type.as_str().into())
+            .context("--nsm-type must be bone_and_cart, bone_only or both")?;
+        let mut options = kneenode::pipeline::nsm::NsmOptions {
+            resolution: self.nsm_resolution,
+            ..Default::default()
+        };
+        options.fit.max_steps = self.nsm_steps;
+        Ok(Some(kneenode::pipeline::run::NsmRun {
+            nsm_type,
+            model: self.nsm_model.clone(),
+            options,
+        }))
+    }
+}
+
+/// Prints what the NSM stage found and noted.
+fn report_nsm(nsm: &kneenode::pipeline::run::NsmOutput) {
+    for note in &nsm.notes {
+        eprintln!("note: {note}");
+    }
+    for r in &nsm.results {
+        let seconds: f64 = r.timings.iter().map(|(_, s)| s).sum();
+        eprintln!(
+            "NSM {} ({} v{}): BScore {}, ASSD femur {:.3} mm{}, {} steps, loss {:.5}, {seconds:.1} s",
+            r.type_name(),
+            r.model.0,
+            r.model.1,
+            r.bscore.map_or("n/a".into(), |b| format!("{b:.3}")),
+            r.assd_bone_mm,
+            r.assd_cartilage_mm
+                .map_or(String::new(), |a| format!(", cartilage {a:.3} mm")),
+            r.steps,
+            r.final_loss,
+        );
+    }
 }
 
 /// Options of `kneenode worker`.
@@ -207,6 +270,10 @@ enum ConfigCommand {
 enum BenchCommand {
     /// Queue throughput: claims/s and completions/s with 1, 4 and 8 workers.
     Queue(kneenode::bench::QueueBenchArgs),
+    /// Marching cubes on one mask or field, timed (benches/mesh.sh compares it with skimage/VTK).
+    Mesh(kneenode::bench::MeshBenchArgs),
+    /// The NSM latent fit, timed on a fixed case (benches/nsm.sh compares it with PyTorch).
+    Nsm(kneenode::bench::nsm::NsmBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -295,6 +362,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Queue(args)) => {
             kneenode::bench::queue(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Mesh(args)) => {
+            kneenode::bench::mesh(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Nsm(args)) => {
+            kneenode::bench::nsm::nsm(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Scp => {
@@ -392,8 +467,14 @@ impl kneenode::pipeline::run::Progress for StderrProgress {
     }
 }
 
-/// `kneenode run --labels`: meshes and thickness of an existing segmentation.
-fn analyse_labels(args: &RunArgs, labels_path: &std::path::Path) -> anyhow::Result<()> {
+/// `kneenode run --labels`: meshes and thickness of an existing segmentation (and, with
+/// `--nsm`, the NSM fit).
+fn analyse_labels(
+    cfg: &Config,
+    args: &RunArgs,
+    labels_path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let nsm_run = args.nsm_run()?;
     use kneenode::pipeline::label_map::LabelMap;
     let map = match &args.label_map {
         Some(p) => LabelMap::load(p)?,
@@ -419,6 +500,23 @@ fn analyse_labels(args: &RunArgs, labels_path: &std::path::Path) -> anyhow::Resu
     for f in &shapes.files {
         println!("{}", f.display());
     }
+    if let Some(nsm_run) = nsm_run {
+        let registry = kneenode::pipeline::models::Registry::load(&cfg.models.registry)?;
+        let device = kneenode::device::select(&args.device)?;
+        let started = std::time::Instant::now();
+        let nsm = kneenode::pipeline::run::nsm_stage(
+            &labels, &map, &shapes, &registry, &nsm_run, device, &args.out,
+        )?;
+        report_nsm(&nsm);
+        eprintln!(
+            "NSM in {:.1} s on {}",
+            started.elapsed().as_secs_f64(),
+            kneenode::device::name(device)
+        );
+        for f in &nsm.files {
+            println!("{}", f.display());
+        }
+    }
     Ok(())
 }
 
@@ -426,7 +524,7 @@ fn run_pipeline(cfg: &Config, args: &RunArgs) -> anyhow::Result<()> {
     use kneenode::pipeline::models::Registry;
     use kneenode::pipeline::run::{run, RunOptions};
     let input = match (&args.input, &args.labels) {
-        (_, Some(labels)) => return analyse_labels(args, labels),
+        (_, Some(labels)) => return analyse_labels(cfg, args, labels),
         (Some(input), None) => input,
         (None, None) => anyhow::bail!("give an input image, or --labels"),
     };
@@ -450,6 +548,7 @@ fn run_pipeline(cfg: &Config, args: &RunArgs) -> anyhow::Result<()> {
         tta: args.tta,
         select: kneenode::volume::Selection { plane, echo },
         shapes: (!args.segment_only).then_some(args.cartilage_smoothing),
+        nsm: args.nsm_run()?,
     };
     let mut progress = StderrProgress(std::time::Instant::now());
     let out = run(input, &args.out, &registry, &options, &mut progress)?;
@@ -460,6 +559,9 @@ fn run_pipeline(cfg: &Config, args: &RunArgs) -> anyhow::Result<()> {
         out.model.0,
         out.model.1
     );
+    if let Some(nsm) = &out.nsm {
+        report_nsm(nsm);
+    }
     for f in &out.files {
         println!("{}", f.display());
     }

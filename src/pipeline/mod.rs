@@ -6,6 +6,7 @@
 pub mod label_map;
 pub mod mesh;
 pub mod models;
+pub mod nsm;
 pub mod options;
 pub mod package;
 pub mod postprocess;

@@ -5,6 +5,12 @@
 //! the registry never loads weights and never fails because a model file is missing: that is
 //! found out when a job asks for the model, and the job ends with MODEL_ERROR while the node
 //! keeps running.
+//!
+//! Neural shape models (kind `nsm`, /tmp/nsm/CONTRACT.md) add `latent_size`, `surfaces` (the
+//! decoder's SDF columns, e.g. `["femur", "femoral_cartilage"]`) and a `[bscore.<nsm_type>]`
+//! table per NSM type (`vector`, `mean_healthy`, `std_healthy`). The registry's optional
+//! top-level `nsm = "<name>"` says which NSM jobs use; without it, the first model (by name)
+//! whose manifest is of kind `nsm` is used, and without one NSM is skipped with a note.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -67,9 +73,46 @@ pub struct Manifest {
     /// Output index → tissue name.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Anything a later kind needs (ensemble members, NSM constants) is kept here unread.
+    /// NSM: the latent vector's length.
+    pub latent_size: Option<usize>,
+    /// NSM: what each SDF column of the decoder's output is (`femur`, `femoral_cartilage`).
+    #[serde(default)]
+    pub surfaces: Vec<String>,
+    /// NSM: BScore constants per NSM type.
+    pub bscore: Option<BScoreTable>,
+    /// Anything a later kind needs (ensemble members) is kept here unread.
     #[serde(flatten)]
     pub extra: BTreeMap<String, toml::Value>,
+}
+
+/// The BScore of one NSM type: `(latent · vector − mean_healthy) / std_healthy`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BScoreSpec {
+    /// Unit vector from the mean healthy latent to the mean OA latent (length `latent_size`).
+    pub vector: Vec<f64>,
+    /// Mean of `latent · vector` over healthy knees.
+    pub mean_healthy: f64,
+    /// Standard deviation of `latent · vector` over healthy knees.
+    pub std_healthy: f64,
+}
+
+impl BScoreSpec {
+    /// The BScore of a latent (as long as `vector`).
+    pub fn score(&self, latent: &[f64]) -> f64 {
+        let projection: f64 = latent.iter().zip(&self.vector).map(|(a, b)| a * b).sum();
+        (projection - self.mean_healthy) / self.std_healthy
+    }
+}
+
+/// `[bscore.*]` of an NSM manifest: constants per NSM type.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BScoreTable {
+    /// For the fit to bone and cartilage.
+    pub bone_and_cart: Option<BScoreSpec>,
+    /// For the bone-only fit.
+    pub bone_only: Option<BScoreSpec>,
 }
 
 /// A model that cannot be used. Jobs report these as MODEL_ERROR.
@@ -121,6 +164,7 @@ pub enum ModelError {
 #[serde(deny_unknown_fields)]
 struct RegistryFile {
     default: Option<String>,
+    nsm: Option<String>,
     #[serde(default)]
     models: BTreeMap<String, RegistryEntry>,
 }
@@ -135,6 +179,7 @@ struct RegistryEntry {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     default: Option<String>,
+    nsm: Option<String>,
     manifests: BTreeMap<String, PathBuf>,
 }
 
@@ -148,6 +193,42 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// Reads and checks the manifest at `path` (of the model registered as `name`).
+    pub fn load(name: &str, path: &Path) -> Result<ModelSpec, ModelError> {
+        let fail = |reason: String| ModelError::Manifest {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        if manifest.kind == ModelKind::Patch3d {
+            let missing: Vec<&str> = [
+                ("file", manifest.file.is_none()),
+                ("num_classes", manifest.num_classes.is_none()),
+                ("spacing", manifest.spacing.is_none()),
+                ("orientation", manifest.orientation.is_none()),
+                ("patch_size", manifest.patch_size.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(k, m)| m.then_some(k))
+            .collect();
+            if !missing.is_empty() {
+                return Err(fail(format!(
+                    "a patch3d model needs {}",
+                    missing.join(", ")
+                )));
+            }
+        }
+        if manifest.kind == ModelKind::Nsm {
+            check_nsm(&manifest).map_err(fail)?;
+        }
+        Ok(ModelSpec {
+            manifest,
+            dir: path.parent().unwrap_or(Path::new(".")).to_owned(),
+        })
+    }
+
     /// The TorchScript file's full path.
     pub fn weights_path(&self) -> Option<PathBuf> {
         self.manifest.file.as_ref().map(|f| self.dir.join(f))
@@ -171,8 +252,16 @@ impl Registry {
                 )));
             }
         }
+        if let Some(n) = &file.nsm {
+            if !file.models.contains_key(n) {
+                return Err(fail(format!(
+                    "nsm model {n:?} is not listed under [models]"
+                )));
+            }
+        }
         Ok(Registry {
             default: file.default,
+            nsm: file.nsm,
             manifests: file
                 .models
                 .into_iter()
@@ -191,6 +280,21 @@ impl Registry {
         self.default.as_deref()
     }
 
+    /// The NSM jobs use: the registry's `nsm` key, else the first model by name whose
+    /// manifest is of kind `nsm`; `None` when there is none. Unreadable manifests of other
+    /// models are passed over here (`doctor` reports them).
+    pub fn nsm_model(&self) -> Option<String> {
+        if let Some(n) = &self.nsm {
+            return Some(n.clone());
+        }
+        self.names()
+            .find(|n| {
+                self.spec(Some(n))
+                    .is_ok_and(|s| s.manifest.kind == ModelKind::Nsm)
+            })
+            .map(str::to_owned)
+    }
+
     /// Reads the manifest of `name` (or of the default model when `name` is `None`).
     pub fn spec(&self, name: Option<&str>) -> Result<ModelSpec, ModelError> {
         let name = name
@@ -200,35 +304,7 @@ impl Registry {
             .manifests
             .get(name)
             .ok_or_else(|| ModelError::Unknown(name.to_owned()))?;
-        let fail = |reason: String| ModelError::Manifest {
-            name: name.to_owned(),
-            path: path.clone(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        let manifest: Manifest = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
-        if manifest.kind == ModelKind::Patch3d {
-            let missing: Vec<&str> = [
-                ("file", manifest.file.is_none()),
-                ("num_classes", manifest.num_classes.is_none()),
-                ("spacing", manifest.spacing.is_none()),
-                ("orientation", manifest.orientation.is_none()),
-                ("patch_size", manifest.patch_size.is_none()),
-            ]
-            .into_iter()
-            .filter_map(|(k, m)| m.then_some(k))
-            .collect();
-            if !missing.is_empty() {
-                return Err(fail(format!(
-                    "a patch3d model needs {}",
-                    missing.join(", ")
-                )));
-            }
-        }
-        Ok(ModelSpec {
-            manifest,
-            dir: path.parent().unwrap_or(Path::new(".")).to_owned(),
-        })
+        ModelSpec::load(name, path)
     }
 
     /// Every registered model with whether it can be loaded: for `doctor`.
@@ -247,6 +323,50 @@ impl Registry {
             })
             .collect()
     }
+}
+
+/// What an NSM manifest must hold (CONTRACT.md): a file, `latent_size`, `surfaces` naming the
+/// femur, and BScore vectors of the latent's length, of unit norm, with a positive spread.
+fn check_nsm(m: &Manifest) -> Result<(), String> {
+    let mut missing = Vec::new();
+    if m.file.is_none() {
+        missing.push("file");
+    }
+    if m.latent_size.is_none_or(|l| l == 0) {
+        missing.push("latent_size");
+    }
+    if !m.surfaces.iter().any(|s| s == "femur") {
+        missing.push("surfaces with \"femur\"");
+    }
+    if !missing.is_empty() {
+        return Err(format!("an nsm model needs {}", missing.join(", ")));
+    }
+    let latent = m.latent_size.unwrap_or(0);
+    let table = m.bscore.clone().unwrap_or_default();
+    for (name, spec) in [
+        ("bone_and_cart", &table.bone_and_cart),
+        ("bone_only", &table.bone_only),
+    ] {
+        let Some(b) = spec else { continue };
+        if b.vector.len() != latent {
+            return Err(format!(
+                "bscore.{name}.vector has {} values, latent_size is {latent}",
+                b.vector.len()
+            ));
+        }
+        let norm = b.vector.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if (norm - 1.0).abs() > 1e-3 {
+            return Err(format!(
+                "bscore.{name}.vector must be a unit vector (norm {norm})"
+            ));
+        }
+        if !(b.std_healthy.is_finite() && b.std_healthy > 0.0 && b.mean_healthy.is_finite()) {
+            return Err(format!(
+                "bscore.{name}: mean_healthy must be finite and std_healthy positive"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -290,5 +410,54 @@ mod tests {
             registry.spec(Some("nope")),
             Err(ModelError::Unknown(_))
         ));
+        assert_eq!(registry.nsm_model(), None);
+    }
+
+    #[test]
+    fn nsm_manifests_are_validated_and_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = write(dir.path(), "models.toml", "[models.a]\nmanifest = \"a.toml\"\n[models.shape]\nmanifest = \"s.toml\"\n[models.bad]\nmanifest = \"b.toml\"\n");
+        write(
+            dir.path(),
+            "a.toml",
+            "name = \"a\"\nkind = \"slice2d\"\nversion = \"1\"\n",
+        );
+        write(
+            dir.path(),
+            "s.toml",
+            "name = \"shape\"\nkind = \"nsm\"\nversion = \"2\"\nfile = \"nsm.pt\"\nlatent_size = 2\n\
+             surfaces = [\"femur\", \"femoral_cartilage\"]\n\
+             [bscore.bone_and_cart]\nvector = [0.6, 0.8]\nmean_healthy = -0.5\nstd_healthy = 0.5\n",
+        );
+        write(
+            dir.path(),
+            "b.toml",
+            "name = \"bad\"\nkind = \"nsm\"\nversion = \"1\"\nfile = \"nsm.pt\"\nlatent_size = 3\n\
+             surfaces = [\"femur\"]\n[bscore.bone_only]\nvector = [1.0, 1.0, 0.0]\nmean_healthy = 0.0\nstd_healthy = 1.0\n",
+        );
+        let registry = Registry::load(&reg).unwrap();
+        // "bad" sorts first, but its vector is not a unit vector: passed over.
+        assert_eq!(registry.nsm_model().as_deref(), Some("shape"));
+        let err = registry.spec(Some("bad")).unwrap_err().to_string();
+        assert!(err.contains("unit vector"), "{err}");
+        let spec = registry.spec(Some("shape")).unwrap();
+        let b = spec.manifest.bscore.unwrap().bone_and_cart.unwrap();
+        assert!((b.score(&[1.0, 1.0]) - 3.8).abs() < 1e-12);
+        // A named nsm model must be listed.
+        let reg2 = write(
+            dir.path(),
+            "r2.toml",
+            "nsm = \"gone\"\n[models.a]\nmanifest = \"a.toml\"\n",
+        );
+        assert!(Registry::load(&reg2).is_err());
+        let reg3 = write(
+            dir.path(),
+            "r3.toml",
+            "nsm = \"bad\"\n[models.bad]\nmanifest = \"b.toml\"\n",
+        );
+        assert_eq!(
+            Registry::load(&reg3).unwrap().nsm_model().as_deref(),
+            Some("bad")
+        );
     }
 }

@@ -40,7 +40,8 @@ pub struct Results {
     pub tissue_volumes_mm3: BTreeMap<String, f64>,
     /// Cartilage thickness statistics by region (mm); `null` until the thickness stage runs.
     pub thickness_mm: Option<BTreeMap<String, f64>>,
-    /// NSM latent, BScore and ASSD; `null` unless NSM ran.
+    /// NSM latent, BScore and ASSD per NSM type (`femur_bone_and_cart`, `femur_bone_only`), the
+    /// `knee_side` and any `notes` (e.g. why NSM was skipped); `null` unless NSM was asked for.
     pub nsm: Option<serde_json::Value>,
     /// Seconds per stage, in order.
     pub timings_s: Vec<(String, f64)>,

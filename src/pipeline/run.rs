@@ -1,5 +1,10 @@
 //! One pipeline run, from an input file or DICOM folder to the output folder, reporting progress
-//! per stage. Used by `kneenode run` now and by the worker's child process later.
+//! per stage. Used by `kneenode run` and by the worker's child process.
+//!
+//! Stages: loading, segmentation, post-processing, writing label files, then (unless stopped
+//! after the labels) meshes and thickness, then (when asked) NSM. The NSM stage
+//! ([`nsm_stage`]) uses the registry's NSM model ([`Registry::nsm_model`]); without one, or
+//! without a femur, it is skipped with a note rather than failing the run.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -8,9 +13,11 @@ use tch::Device;
 
 use super::label_map::LabelMap;
 use super::models::Registry;
+use super::nsm::{self, NsmError, NsmOptions, NsmResult};
 use super::postprocess::{fill_bone_holes, keep_largest_components};
 use super::segment::{load_model, segment_volume, SegmentVolumeError};
 use super::shapes::{analyse_shapes, ShapeError, ShapeResults};
+use super::NsmType;
 use crate::volume::{self, Selection, Volume, VolumeError};
 
 /// Receives progress: stage `step` of `total`, named.
@@ -38,6 +45,39 @@ pub struct RunOptions {
     /// Build meshes and measure cartilage thickness, with this cartilage smoothing (Gaussian
     /// variance, mm²); `None` stops after the label files.
     pub shapes: Option<f64>,
+    /// Fit the neural shape model(s) after the meshes; `None` skips NSM.
+    pub nsm: Option<NsmRun>,
+}
+
+/// What the NSM stage should do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NsmRun {
+    /// Which NSM(s).
+    pub nsm_type: NsmType,
+    /// Registry name; `None` = the registry's NSM model.
+    pub model: Option<String>,
+    /// Fit and reconstruction settings.
+    pub options: NsmOptions,
+}
+
+/// What the NSM stage produced.
+#[derive(Debug, Clone, Default)]
+pub struct NsmOutput {
+    /// One result per fitted NSM type.
+    pub results: Vec<NsmResult>,
+    /// Why something was skipped or assumed.
+    pub notes: Vec<String>,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+    /// Name and version of the model used, when one was.
+    pub model: Option<(String, String)>,
+}
+
+impl NsmOutput {
+    /// The `nsm` object of results.json.
+    pub fn results_json(&self) -> serde_json::Value {
+        nsm::results_json(&self.results, &self.notes)
+    }
 }
 
 /// What a run produced.
@@ -57,6 +97,8 @@ pub struct RunOutput {
     pub sources: Vec<PathBuf>,
     /// Meshes and thickness, when asked for.
     pub shapes: Option<ShapeResults>,
+    /// NSM results, when asked for.
+    pub nsm: Option<NsmOutput>,
 }
 
 /// Run failures, each mapping to one user-facing error code.
@@ -76,6 +118,9 @@ pub enum RunError {
     /// Meshes or thickness failed (PIPELINE_ERROR).
     #[error("shape analysis: {0}")]
     Shapes(#[from] ShapeError),
+    /// The NSM model is unusable (MODEL_ERROR) or the fit failed (PIPELINE_ERROR, GPU_OOM).
+    #[error(transparent)]
+    Nsm(#[from] NsmError),
 }
 
 /// The name outputs are prefixed with: the input's file name without `.nii.gz`, `.nii`,
@@ -115,7 +160,11 @@ pub fn run(
     options: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<RunOutput, RunError> {
-    let steps = if options.shapes.is_some() { 5 } else { 4 };
+    let steps = match (options.shapes, &options.nsm) {
+        (None, _) => 4,
+        (Some(_), None) => 5,
+        (Some(_), Some(_)) => 6,
+    };
     let mut timings = Vec::new();
     let mut clock = Instant::now();
     let mut lap = |name: &str, timings: &mut Vec<(String, f64)>| {
@@ -154,21 +203,39 @@ pub fn run(
     volume::write_nrrd(&nrrd, &labels).map_err(RunError::Output)?;
     lap("writing label files", &mut timings);
     let mut files = vec![nii, nrrd];
+    let map = LabelMap::from_manifest(
+        spec.manifest
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     let shapes = match options.shapes {
         Some(smoothing) => {
             progress.step(5, steps, "meshes and thickness");
-            let map = LabelMap::from_manifest(
-                spec.manifest
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            );
             let shapes = analyse_shapes(&labels, &map, smoothing, out, &prefix)?;
             files.extend(shapes.files.iter().cloned());
             lap("meshes and thickness", &mut timings);
             Some(shapes)
         }
         None => None,
+    };
+    let nsm = match (&options.nsm, &shapes) {
+        (Some(nsm_run), Some(shapes)) => {
+            progress.step(6, steps, "NSM");
+            let output = nsm_stage(
+                &labels,
+                &map,
+                shapes,
+                registry,
+                nsm_run,
+                options.device,
+                out,
+            )?;
+            files.extend(output.files.iter().cloned());
+            lap("NSM", &mut timings);
+            Some(output)
+        }
+        _ => None,
     };
     Ok(RunOutput {
         image,
@@ -178,5 +245,67 @@ pub fn run(
         model: (spec.manifest.name.clone(), spec.manifest.version.clone()),
         sources,
         shapes,
+        nsm,
     })
+}
+
+/// The NSM stage: fits `nsm_run.nsm_type` to the femur (and femoral cartilage) meshes of
+/// `shapes`, with the knee's side read from `labels`, and writes the `NSM_*` files into `out`.
+/// A registry without an NSM model, a missing femur or a missing cartilage (for the
+/// bone-and-cartilage model) are notes, not errors; a named or registered NSM model that does
+/// not load is an error (MODEL_ERROR).
+pub fn nsm_stage<T: Copy + Into<u16>>(
+    labels: &Volume<T>,
+    map: &LabelMap,
+    shapes: &ShapeResults,
+    registry: &Registry,
+    nsm_run: &NsmRun,
+    device: Device,
+    out: &Path,
+) -> Result<NsmOutput, NsmError> {
+    let mut output = NsmOutput::default();
+    let Some(name) = nsm_run.model.clone().or_else(|| registry.nsm_model()) else {
+        output
+            .notes
+            .push("NSM skipped: the model registry has no NSM model".into());
+        return Ok(output);
+    };
+    let spec = registry.spec(Some(&name))?;
+    output.model = Some((spec.manifest.name.clone(), spec.manifest.version.clone()));
+    let Some(femur) = &shapes.femur else {
+        output
+            .notes
+            .push("NSM skipped: there is no femur in the labels".into());
+        return Ok(output);
+    };
+    let cartilage = shapes.femoral_cartilage.as_ref();
+    let kind = match (nsm_run.nsm_type, cartilage) {
+        (NsmType::BoneAndCart, None) => {
+            output.notes.push(
+                "NSM skipped: the bone-and-cartilage model needs femoral cartilage, and there is none"
+                    .into(),
+            );
+            return Ok(output);
+        }
+        (NsmType::Both, None) => {
+            output
+                .notes
+                .push("NSM: no femoral cartilage, so only the bone-only model was fitted".into());
+            NsmType::BoneOnly
+        }
+        (k, _) => k,
+    };
+    let side = nsm::prepare::knee_side(labels, map);
+    output.notes.extend(side.note.clone());
+    output.results = nsm::fit_knee(
+        femur,
+        cartilage,
+        side.left,
+        &spec,
+        kind,
+        &nsm_run.options,
+        device,
+    )?;
+    output.files = nsm::write_outputs(&output.results, out)?;
+    Ok(output)
 }

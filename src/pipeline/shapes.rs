@@ -46,6 +46,10 @@ pub struct ShapeResults {
     pub notes: Vec<String>,
     /// Seconds per step (`femur mesh`, `femur thickness`, …).
     pub timings: Vec<(String, f64)>,
+    /// The femur mesh as written to `femur_mesh.vtk` (what the NSM fit starts from).
+    pub femur: Option<Mesh>,
+    /// The femoral cartilage mesh as written to `femur_cart_0_mesh.vtk`.
+    pub femoral_cartilage: Option<Mesh>,
 }
 
 impl ShapeResults {
@@ -225,6 +229,10 @@ pub fn analyse_shapes<T: Copy + Into<u16>>(
             res.files.push(path);
         }
         lap(&mut res, format!("{} files", bone.name));
+        if bone.name == "femur" {
+            res.femoral_cartilage = carts.into_iter().find(|(i, _)| *i == 0).map(|(_, m)| m);
+            res.femur = Some(bone_mesh);
+        }
     }
     res.files.extend(write_results(&res, out_dir, prefix)?);
     Ok(res)

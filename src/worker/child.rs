@@ -14,13 +14,14 @@ use super::protocol::{emit, Event};
 use crate::dicom::codes::SegmentCatalog;
 use crate::dicom::seg::{write_seg, SegRequest};
 use crate::dicom::sr::{
-    concepts, thickness_group, volume_group, write_sr, RegionThickness, SrRequest,
+    bscore_group, concepts, thickness_group, volume_group, write_sr, RegionThickness, SrRequest,
 };
 use crate::jobs::{ErrorCode, FailureKind};
 use crate::pipeline::models::Registry;
+use crate::pipeline::nsm::{NsmError, NsmOptions};
 use crate::pipeline::package::{self, InputGrid, ModelUsed, Results};
 use crate::pipeline::preview::write_preview;
-use crate::pipeline::run::{prefix_of, run, Progress, RunError, RunOptions, RunOutput};
+use crate::pipeline::run::{prefix_of, run, NsmRun, Progress, RunError, RunOptions, RunOutput};
 use crate::pipeline::segment::{SegmentError, SegmentVolumeError};
 use crate::pipeline::shapes::ShapeResults;
 use crate::volume::VolumeError;
@@ -100,6 +101,8 @@ fn run_error_code(e: &RunError) -> ErrorCode {
         RunError::Segment(SegmentVolumeError::Inference(SegmentError::Shape { .. })) => {
             ErrorCode::ModelError
         }
+        RunError::Nsm(NsmError::Model(_)) => ErrorCode::ModelError,
+        RunError::Nsm(e) if e.is_out_of_memory() => ErrorCode::GpuOom,
         _ => ErrorCode::PipelineError,
     }
 }
@@ -167,6 +170,11 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
         tta: false,
         select: job.options.selection(),
         shapes: Some(job.options.cartilage_smoothing),
+        nsm: job.options.perform_nsm.then(|| NsmRun {
+            nsm_type: job.options.nsm_type,
+            model: None,
+            options: NsmOptions::default(),
+        }),
     };
     let out = run(
         &job.input_path,
@@ -221,14 +229,26 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
         prefix: prefix.clone(),
         input: InputGrid::of(&out.labels),
         device: crate::device::name(device),
-        models: vec![ModelUsed {
+        models: std::iter::once(ModelUsed {
             role: "segmentation".into(),
             name: out.model.0.clone(),
             version: out.model.1.clone(),
-        }],
+        })
+        .chain(
+            out.nsm
+                .as_ref()
+                .filter(|n| !n.results.is_empty())
+                .and_then(|n| n.model.clone())
+                .map(|(name, version)| ModelUsed {
+                    role: "nsm".into(),
+                    name,
+                    version,
+                }),
+        )
+        .collect(),
         tissue_volumes_mm3,
         thickness_mm: out.shapes.as_ref().map(|s| s.thickness()),
-        nsm: None,
+        nsm: out.nsm.as_ref().map(|n| n.results_json()),
         timings_s: timings,
         files: Vec::new(),
     };
@@ -303,6 +323,11 @@ fn write_dicom(
         .collect();
     if let Some(shapes) = &out.shapes {
         groups.extend(thickness_groups(shapes, &seg.segments, &catalog));
+    }
+    for r in out.nsm.iter().flat_map(|n| &n.results) {
+        if let Some(b) = r.bscore.filter(|b| b.is_finite()) {
+            groups.push(bscore_group(b, concepts::nsm_method(r.type_name())));
+        }
     }
     let sr_path = results_dir.join(format!("{prefix}_sr.dcm"));
     write_sr(

@@ -15,6 +15,7 @@ mod dicom_checks;
 mod dispatch;
 mod health;
 mod mesh;
+mod nsm;
 mod ops;
 mod peers;
 mod portal;

@@ -221,6 +221,19 @@ pub fn bscore() -> Code {
     private("BSCORE", "BScore")
 }
 
+/// Which NSM a BScore comes from, as a Measurement Method (`bone_and_cart`, `bone_only`, the
+/// `nsm_type` job option's values); `None` for other names.
+pub fn nsm_method(nsm_type: &str) -> Option<Code> {
+    match nsm_type {
+        "bone_and_cart" => Some(private(
+            "NSM-BONE-CART",
+            "Neural shape model of femur and femoral cartilage",
+        )),
+        "bone_only" => Some(private("NSM-BONE", "Neural shape model of femur bone")),
+        _ => None,
+    }
+}
+
 /// (mm, UCUM, "millimeter").
 pub fn mm() -> Code {
     Code::ucum("mm", "millimeter")
