@@ -434,11 +434,19 @@ pub struct ProgressView {
     pub error_message: Option<String>,
 }
 
-/// A job's progress.
-pub fn progress(db: &Db, job_id: &str, workers: u32) -> Result<ProgressView, QueueError> {
+/// Workers alive now (at least 1, so a queue with no live worker still gets an estimate).
+pub fn alive_workers(db: &Db) -> u32 {
+    let alive = crate::worker::registry::list(db)
+        .map(|w| w.iter().filter(|w| w.alive).count())
+        .unwrap_or(1);
+    u32::try_from(alive.max(1)).unwrap_or(1)
+}
+
+/// A job's progress, with its queue position shared over the live workers.
+pub fn progress(db: &Db, job_id: &str) -> Result<ProgressView, QueueError> {
     let queue = Queue::new(db.clone());
     let job = queue.get(job_id)?;
-    let pos = queue.position(job_id, workers)?;
+    let pos = queue.position(job_id, alive_workers(db))?;
     Ok(ProgressView {
         id: job.id.clone(),
         status: job.status.clone(),

@@ -65,7 +65,7 @@ async fn detail(
             .is_some()
             .then(|| format!("/api/jobs/{id}/download"));
         Ok(JobDetail {
-            progress: views::progress(&s.db, &id, 1)?,
+            progress: views::progress(&s.db, &id)?,
             results: views::results(&s.config.storage.dir, &id),
             deliveries: views::deliveries(&s.db, &id)?,
             download,
@@ -86,16 +86,11 @@ async fn progress(
 ) -> Result<HttpResponse, Fail> {
     let id = id.into_inner();
     let db = state.db.clone();
-    let workers = web::block(move || {
-        let alive = crate::worker::registry::list(&db)
-            .map(|w| w.iter().filter(|w| w.alive).count())
-            .unwrap_or(1);
-        views::progress(&db, &id, u32::try_from(alive.max(1)).unwrap_or(1))
-    })
-    .await
-    .map_err(Fail::from)
-    .and_then(|r| r.map_err(Fail::from))
-    .map_err(Fail::json)?;
+    let workers = web::block(move || views::progress(&db, &id))
+        .await
+        .map_err(Fail::from)
+        .and_then(|r| r.map_err(Fail::from))
+        .map_err(Fail::json)?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(workers))

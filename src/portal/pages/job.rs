@@ -37,10 +37,7 @@ struct Detail {
 fn load(state: &AppState, id: &str) -> Result<Detail, Fail> {
     let queue = Queue::new(state.db.clone());
     let job = queue.get(id)?;
-    let workers = crate::worker::registry::list(&state.db)
-        .map(|w| w.iter().filter(|w| w.alive).count())
-        .unwrap_or(1);
-    let position = queue.position(id, u32::try_from(workers.max(1)).unwrap_or(1))?;
+    let position = queue.position(id, views::alive_workers(&state.db))?;
     Ok(Detail {
         results: views::results(&state.config.storage.dir, id),
         deliveries: views::deliveries(&state.db, id)?,
@@ -284,10 +281,7 @@ async fn mesh_bin(
     let s = state.clone();
     let body = web::block(move || -> Result<Vec<u8>, Fail> {
         let dir = results_dir(&s, &id)?;
-        let entry = meshview::list(&dir)
-            .into_iter()
-            .find(|e| e.name == name)
-            .ok_or_else(|| Fail::not_found("mesh"))?;
+        let entry = meshview::find(&dir, &name).ok_or_else(|| Fail::not_found("mesh"))?;
         meshview::encode_file(&entry.file).map_err(Fail::internal)
     })
     .await??;
