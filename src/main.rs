@@ -474,50 +474,65 @@ fn analyse_labels(
     args: &RunArgs,
     labels_path: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let nsm_run = args.nsm_run()?;
     use kneenode::pipeline::label_map::LabelMap;
+    use kneenode::pipeline::models::Registry;
+    use kneenode::pipeline::run::{run_labels, RunOptions};
     let map = match &args.label_map {
         Some(p) => LabelMap::load(p)?,
         None => LabelMap::default(),
     };
-    let labels = kneenode::volume::read_labels(labels_path)?;
-    let prefix = kneenode::pipeline::run::prefix_of(labels_path);
-    let started = std::time::Instant::now();
-    let shapes = kneenode::pipeline::shapes::analyse_shapes(
-        &labels,
+    let nsm = args.nsm_run()?;
+    // The registry is only read for NSM: a segmentation needs no model.
+    let registry = match nsm {
+        Some(_) => Registry::load(&cfg.models.registry)?,
+        None => Registry::default(),
+    };
+    let device = kneenode::device::select(&args.device)?;
+    let options = RunOptions {
+        model: None,
+        device,
+        tta: false,
+        select: kneenode::volume::Selection::default(),
+        shapes: Some(args.cartilage_smoothing),
+        nsm,
+    };
+    let mut progress = StderrProgress(std::time::Instant::now());
+    let out = run_labels(
+        labels_path,
         &map,
-        args.cartilage_smoothing,
         &args.out,
-        &prefix,
+        &registry,
+        &options,
+        &mut progress,
     )?;
-    for note in &shapes.notes {
+    finish_report(&out, device);
+    Ok(())
+}
+
+/// What `kneenode run` prints at the end: notes and NSM figures to stderr, the files written
+/// to stdout.
+fn finish_report(out: &kneenode::pipeline::run::RunOutput, device: tch::Device) {
+    for note in out
+        .notes
+        .iter()
+        .chain(out.shapes.iter().flat_map(|s| &s.notes))
+    {
         eprintln!("note: {note}");
     }
-    eprintln!(
-        "meshes and thickness in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    for f in &shapes.files {
+    if let Some(nsm) = &out.nsm {
+        report_nsm(nsm);
+    }
+    let total: f64 = out.timings.iter().map(|(_, s)| s).sum();
+    match &out.model {
+        Some((name, version)) => eprintln!(
+            "done in {total:.1} s on {} with model {name} v{version}",
+            kneenode::device::name(device)
+        ),
+        None => eprintln!("done in {total:.1} s on {}", kneenode::device::name(device)),
+    }
+    for f in &out.files {
         println!("{}", f.display());
     }
-    if let Some(nsm_run) = nsm_run {
-        let registry = kneenode::pipeline::models::Registry::load(&cfg.models.registry)?;
-        let device = kneenode::device::select(&args.device)?;
-        let started = std::time::Instant::now();
-        let nsm = kneenode::pipeline::run::nsm_stage(
-            &labels, &map, &shapes, &registry, &nsm_run, device, &args.out,
-        )?;
-        report_nsm(&nsm);
-        eprintln!(
-            "NSM in {:.1} s on {}",
-            started.elapsed().as_secs_f64(),
-            kneenode::device::name(device)
-        );
-        for f in &nsm.files {
-            println!("{}", f.display());
-        }
-    }
-    Ok(())
 }
 
 fn run_pipeline(cfg: &Config, args: &RunArgs) -> anyhow::Result<()> {
@@ -552,19 +567,7 @@ fn run_pipeline(cfg: &Config, args: &RunArgs) -> anyhow::Result<()> {
     };
     let mut progress = StderrProgress(std::time::Instant::now());
     let out = run(input, &args.out, &registry, &options, &mut progress)?;
-    let total: f64 = out.timings.iter().map(|(_, s)| s).sum();
-    eprintln!(
-        "done in {total:.1} s on {} with model {} v{}",
-        kneenode::device::name(device),
-        out.model.0,
-        out.model.1
-    );
-    if let Some(nsm) = &out.nsm {
-        report_nsm(nsm);
-    }
-    for f in &out.files {
-        println!("{}", f.display());
-    }
+    finish_report(&out, device);
     Ok(())
 }
 

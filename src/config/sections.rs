@@ -244,9 +244,17 @@ fn options(field: Option<Field<Table>>) -> Result<JobOptions, ConfigError> {
         let option = match error {
             OptionsError::CartilageSmoothing(_) => ".cartilage_smoothing",
             OptionsError::ModelName(_) => ".segmentation_model",
+            OptionsError::LabelMap(_) => ".label_map",
         };
         invalid(format!("{}{option}", field.key), error.to_string())
     })?;
+    if options.label_map.is_some() {
+        return Err(invalid(
+            format!("{}.label_map", field.key),
+            "a routed series is an image to segment; label_map is for uploaded segmentations"
+                .into(),
+        ));
+    }
     Ok(options)
 }
 

@@ -23,29 +23,38 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The label of each tissue; `None` when the volume does not have it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabelMap {
     /// Femur (bone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub femur: Option<u16>,
     /// Tibia (bone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tibia: Option<u16>,
     /// Patella (bone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patella: Option<u16>,
     /// Femoral cartilage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub femoral_cartilage: Option<u16>,
     /// Medial tibial cartilage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub medial_tibial_cartilage: Option<u16>,
     /// Lateral tibial cartilage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lateral_tibial_cartilage: Option<u16>,
     /// Patellar cartilage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patellar_cartilage: Option<u16>,
     /// Medial meniscus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub medial_meniscus: Option<u16>,
     /// Lateral meniscus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lateral_meniscus: Option<u16>,
 }
 
@@ -97,20 +106,10 @@ struct MapFile {
 impl LabelMap {
     /// The tissues as (key, label) pairs, in file order, present ones only.
     pub fn entries(&self) -> Vec<(&'static str, u16)> {
-        [
-            ("femur", self.femur),
-            ("tibia", self.tibia),
-            ("patella", self.patella),
-            ("femoral_cartilage", self.femoral_cartilage),
-            ("medial_tibial_cartilage", self.medial_tibial_cartilage),
-            ("lateral_tibial_cartilage", self.lateral_tibial_cartilage),
-            ("patellar_cartilage", self.patellar_cartilage),
-            ("medial_meniscus", self.medial_meniscus),
-            ("lateral_meniscus", self.lateral_meniscus),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect()
+        self.slots()
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect()
     }
 
     /// The map a model's manifest gives (`[labels] 7 = "femur"`, `2 = "femoral cartilage"`):
@@ -158,22 +157,75 @@ impl LabelMap {
             reason,
         };
         let file: MapFile = toml::from_str(text).map_err(|e| invalid(e.message().to_string()))?;
-        let map = file.labels;
-        let entries = map.entries();
+        file.labels.check().map_err(invalid)?;
+        Ok(file.labels)
+    }
+
+    /// Checks what the types cannot: at least one tissue, no tissue on the background (0), no
+    /// two tissues on one integer. The message names the key.
+    pub fn check(&self) -> Result<(), String> {
+        let entries = self.entries();
         if entries.is_empty() {
-            return Err(invalid("labels: no tissue is given".into()));
+            return Err("labels: no tissue is given".into());
         }
         for (i, (key, value)) in entries.iter().enumerate() {
             if *value == 0 {
-                return Err(invalid(format!("labels.{key}: 0 is the background")));
+                return Err(format!("labels.{key}: 0 is the background"));
             }
             if let Some((other, _)) = entries[..i].iter().find(|(_, v)| v == value) {
-                return Err(invalid(format!(
-                    "labels.{key}: {value} is already labels.{other}"
-                )));
+                return Err(format!("labels.{key}: {value} is already labels.{other}"));
             }
         }
-        Ok(map)
+        Ok(())
+    }
+
+    /// The label (DOMAIN.md numbering) each value of a volume numbered by this map stands for:
+    /// `table[value]`, 0 for values the map does not name. Long enough for every value in
+    /// the map.
+    pub fn to_domain_table(&self) -> Vec<u8> {
+        let domain = LabelMap::default();
+        let max = self.entries().iter().map(|(_, v)| *v).max().unwrap_or(0);
+        let mut table = vec![0u8; usize::from(max) + 1];
+        for ((_, ours), (_, theirs)) in domain.entries().iter().zip(self.slots()) {
+            if let Some(theirs) = theirs {
+                table[usize::from(theirs)] = u8::try_from(*ours).unwrap_or(0);
+            }
+        }
+        table
+    }
+
+    /// Every tissue in [`LabelMap::entries`] order, present or not.
+    fn slots(&self) -> [(&'static str, Option<u16>); 9] {
+        [
+            ("femur", self.femur),
+            ("tibia", self.tibia),
+            ("patella", self.patella),
+            ("femoral_cartilage", self.femoral_cartilage),
+            ("medial_tibial_cartilage", self.medial_tibial_cartilage),
+            ("lateral_tibial_cartilage", self.lateral_tibial_cartilage),
+            ("patellar_cartilage", self.patellar_cartilage),
+            ("medial_meniscus", self.medial_meniscus),
+            ("lateral_meniscus", self.lateral_meniscus),
+        ]
+    }
+
+    /// Relabels a volume numbered by this map into DOMAIN.md's numbering (what kneenode's own
+    /// segmentations use). Values the map does not name become background; how many voxels
+    /// that were is returned with the volume.
+    pub fn to_domain(
+        &self,
+        labels: &crate::volume::Volume<u16>,
+    ) -> (crate::volume::Volume<u8>, u64) {
+        let table = self.to_domain_table();
+        let mut dropped = 0u64;
+        let out = labels.map(|&v| match table.get(usize::from(v)) {
+            Some(&l) if l > 0 || v == 0 => l,
+            _ => {
+                dropped += 1;
+                0
+            }
+        });
+        (out, dropped)
     }
 
     /// Reads a map file.

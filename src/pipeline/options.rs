@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::label_map::LabelMap;
 use crate::volume::{Echo, Plane, Selection};
 
 /// Which neural shape model(s) to fit.
@@ -41,6 +42,11 @@ pub struct JobOptions {
     /// kneenode's addition for series that mix orientations: which plane to analyse.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plane: Option<Plane>,
+    /// kneenode's addition for research users: the input is an existing segmentation (a NIfTI
+    /// or NRRD label volume), numbered as this map says. Segmentation is skipped; meshes,
+    /// thickness and NSM run on the given labels. Unset: the input is an MR image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_map: Option<LabelMap>,
 }
 
 impl Default for JobOptions {
@@ -52,6 +58,7 @@ impl Default for JobOptions {
             cartilage_smoothing: 0.3125,
             echo: None,
             plane: None,
+            label_map: None,
         }
     }
 }
@@ -66,6 +73,9 @@ pub enum OptionsError {
     /// `segmentation_model` is empty or has characters a model name cannot have.
     #[error("segmentation_model {0:?} is not a valid model name")]
     ModelName(String),
+    /// `label_map` has no tissue, a tissue on 0, or two tissues on one value.
+    #[error("label_map: {0}")]
+    LabelMap(String),
 }
 
 impl JobOptions {
@@ -83,6 +93,9 @@ impl JobOptions {
             if !ok {
                 return Err(OptionsError::ModelName(name.clone()));
             }
+        }
+        if let Some(map) = &self.label_map {
+            map.check().map_err(OptionsError::LabelMap)?;
         }
         Ok(())
     }
@@ -131,6 +144,26 @@ mod tests {
         };
         assert!(o.validate().is_err());
         assert!(JobOptions::default().validate().is_ok());
+        let mut labels = JobOptions {
+            label_map: Some(LabelMap::default()),
+            ..Default::default()
+        };
+        assert!(labels.validate().is_ok());
+        labels.label_map.as_mut().unwrap().tibia = Some(7);
+        let e = labels.validate().unwrap_err().to_string();
+        assert!(e.contains("already labels.femur"), "{e}");
+    }
+
+    #[test]
+    fn a_label_map_travels_in_the_options_json() {
+        let json = r#"{"label_map": {"femur": 5, "femoral_cartilage": 1}}"#;
+        let o: JobOptions = serde_json::from_str(json).unwrap();
+        let map = o.label_map.unwrap();
+        assert_eq!(map.entries(), [("femur", 5), ("femoral_cartilage", 1)]);
+        let back: JobOptions = serde_json::from_str(&o.canonical_json()).unwrap();
+        assert_eq!(back.label_map, Some(map));
+        assert!(!JobOptions::default().canonical_json().contains("label_map"));
+        assert!(serde_json::from_str::<JobOptions>(r#"{"label_map": {"femurr": 5}}"#).is_err());
     }
 
     #[test]

@@ -83,22 +83,26 @@ impl NsmOutput {
 /// What a run produced.
 #[derive(Debug)]
 pub struct RunOutput {
-    /// The input image.
-    pub image: Volume<f32>,
+    /// The input image; `None` when the input was a segmentation.
+    pub image: Option<Volume<f32>>,
     /// The labels, on the input's grid.
     pub labels: Volume<u8>,
     /// Files written.
     pub files: Vec<PathBuf>,
     /// Seconds per stage.
     pub timings: Vec<(String, f64)>,
-    /// Model name and version.
-    pub model: (String, String),
+    /// Segmentation model name and version; `None` when the input was a segmentation.
+    pub model: Option<(String, String)>,
+    /// Label value → tissue name (the model's manifest, or DOMAIN.md's map).
+    pub label_names: std::collections::BTreeMap<String, String>,
     /// For DICOM input: the files of the slices the image was made of, in slice order.
     pub sources: Vec<PathBuf>,
     /// Meshes and thickness, when asked for.
     pub shapes: Option<ShapeResults>,
     /// NSM results, when asked for.
     pub nsm: Option<NsmOutput>,
+    /// What the run assumed or left out, in words.
+    pub notes: Vec<String>,
 }
 
 /// Run failures, each mapping to one user-facing error code.
@@ -160,36 +164,123 @@ pub fn run(
     options: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<RunOutput, RunError> {
-    let steps = match (options.shapes, &options.nsm) {
-        (None, _) => 4,
-        (Some(_), None) => 5,
-        (Some(_), Some(_)) => 6,
-    };
-    let mut timings = Vec::new();
-    let mut clock = Instant::now();
-    let mut lap = |name: &str, timings: &mut Vec<(String, f64)>| {
-        timings.push((name.to_owned(), clock.elapsed().as_secs_f64()));
-        clock = Instant::now();
-    };
-    progress.step(1, steps, "loading");
+    let mut stages = Stages::new(3, options, progress);
+    stages.begin("loading");
     let (image, sources) = load_input(input, &options.select).map_err(RunError::Input)?;
     let spec = registry
         .spec(options.model.as_deref())
         .map_err(SegmentVolumeError::from)?;
-    let model = load_model(&spec, options.device).map_err(SegmentVolumeError::from)?;
-    lap("loading", &mut timings);
 
-    progress.step(2, steps, "segmentation");
+    let model = load_model(&spec, options.device).map_err(SegmentVolumeError::from)?;
+
+    stages.begin("segmentation");
     let mut labels = segment_volume(&image, &spec, &model, options.device, options.tta)?;
     drop(model);
-    lap("segmentation", &mut timings);
 
-    progress.step(3, steps, "post-processing");
+    stages.begin("post-processing");
     keep_largest_components(&mut labels);
     fill_bone_holes(&mut labels);
-    lap("post-processing", &mut timings);
 
-    progress.step(4, steps, "writing label files");
+    let map = LabelMap::from_manifest(
+        spec.manifest
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    let mut output = analyse(input, out, labels, &map, registry, options, stages)?;
+    output.image = Some(image);
+    output.sources = sources;
+    output.model = Some((spec.manifest.name.clone(), spec.manifest.version.clone()));
+    output.label_names = spec.manifest.labels.clone();
+    Ok(output)
+}
+
+/// Analyses an existing segmentation: reads the label volume `input` (NIfTI or NRRD),
+/// numbered as `map` says, renumbers it to DOMAIN.md's map (values the map does not name
+/// become background, with a note), writes it as `{prefix}_all-labels.nii.gz` and `.nrrd`, and
+/// runs meshes, thickness and NSM as `options` ask. No model is loaded unless NSM is asked for.
+pub fn run_labels(
+    input: &Path,
+    map: &LabelMap,
+    out: &Path,
+    registry: &Registry,
+    options: &RunOptions,
+    progress: &mut dyn Progress,
+) -> Result<RunOutput, RunError> {
+    let mut stages = Stages::new(1, options, progress);
+    stages.begin("loading");
+    let given = volume::read_labels(input).map_err(RunError::Input)?;
+    let (labels, dropped) = map.to_domain(&given);
+    drop(given);
+    let mut output = analyse(
+        input,
+        out,
+        labels,
+        &LabelMap::default(),
+        registry,
+        options,
+        stages,
+    )?;
+    if dropped > 0 {
+        output.notes.push(format!(
+            "{dropped} voxels carry values the label map does not name; they were taken as background"
+        ));
+    }
+    Ok(output)
+}
+
+/// Stage bookkeeping: numbering for `progress` and the seconds each stage took.
+struct Stages<'a> {
+    progress: &'a mut dyn Progress,
+    total: usize,
+    done: usize,
+    current: Option<(String, Instant)>,
+    timings: Vec<(String, f64)>,
+}
+
+impl<'a> Stages<'a> {
+    /// `before` stages come before the label files; the rest follow from `options`.
+    fn new(before: usize, options: &RunOptions, progress: &'a mut dyn Progress) -> Self {
+        let after = match (options.shapes, &options.nsm) {
+            (None, _) => 0,
+            (Some(_), None) => 1,
+            (Some(_), Some(_)) => 2,
+        };
+        Stages {
+            progress,
+            total: before + 1 + after,
+            done: 0,
+            current: None,
+            timings: Vec::new(),
+        }
+    }
+
+    fn begin(&mut self, name: &str) {
+        self.end();
+        self.done += 1;
+        self.progress.step(self.done, self.total, name);
+        self.current = Some((name.to_owned(), Instant::now()));
+    }
+
+    fn end(&mut self) {
+        if let Some((name, started)) = self.current.take() {
+            self.timings.push((name, started.elapsed().as_secs_f64()));
+        }
+    }
+}
+
+/// What every run does once it has labels (DOMAIN.md numbering as `map` says): the label
+/// files, then meshes and thickness, then NSM, as `options` ask.
+fn analyse(
+    input: &Path,
+    out: &Path,
+    labels: Volume<u8>,
+    map: &LabelMap,
+    registry: &Registry,
+    options: &RunOptions,
+    mut stages: Stages<'_>,
+) -> Result<RunOutput, RunError> {
+    stages.begin("writing label files");
     std::fs::create_dir_all(out).map_err(|error| {
         RunError::Output(VolumeError::Io {
             path: out.to_owned(),
@@ -201,52 +292,58 @@ pub fn run(
     let nrrd = out.join(format!("{prefix}_all-labels.nrrd"));
     volume::write_nifti(&nii, &labels).map_err(RunError::Output)?;
     volume::write_nrrd(&nrrd, &labels).map_err(RunError::Output)?;
-    lap("writing label files", &mut timings);
     let mut files = vec![nii, nrrd];
-    let map = LabelMap::from_manifest(
-        spec.manifest
-            .labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    );
     let shapes = match options.shapes {
         Some(smoothing) => {
-            progress.step(5, steps, "meshes and thickness");
-            let shapes = analyse_shapes(&labels, &map, smoothing, out, &prefix)?;
+            stages.begin("meshes and thickness");
+            let shapes = analyse_shapes(&labels, map, smoothing, out, &prefix)?;
             files.extend(shapes.files.iter().cloned());
-            lap("meshes and thickness", &mut timings);
             Some(shapes)
         }
         None => None,
     };
     let nsm = match (&options.nsm, &shapes) {
         (Some(nsm_run), Some(shapes)) => {
-            progress.step(6, steps, "NSM");
-            let output = nsm_stage(
-                &labels,
-                &map,
-                shapes,
-                registry,
-                nsm_run,
-                options.device,
-                out,
-            )?;
+            stages.begin("NSM");
+            let output = nsm_stage(&labels, map, shapes, registry, nsm_run, options.device, out)?;
             files.extend(output.files.iter().cloned());
-            lap("NSM", &mut timings);
             Some(output)
         }
         _ => None,
     };
+    stages.end();
     Ok(RunOutput {
-        image,
+        image: None,
         labels,
         files,
-        timings,
-        model: (spec.manifest.name.clone(), spec.manifest.version.clone()),
-        sources,
+        timings: stages.timings,
+        model: None,
+        label_names: domain_label_names(),
+        sources: Vec::new(),
         shapes,
         nsm,
+        notes: Vec::new(),
     })
+}
+
+/// DOMAIN.md's label map as index → tissue name, the names a model manifest uses.
+pub fn domain_label_names() -> std::collections::BTreeMap<String, String> {
+    [
+        "background",
+        "patellar cartilage",
+        "femoral cartilage",
+        "medial tibial cartilage",
+        "lateral tibial cartilage",
+        "medial meniscus",
+        "lateral meniscus",
+        "femur",
+        "tibia",
+        "patella",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, n)| (i.to_string(), (*n).to_owned()))
+    .collect()
 }
 
 /// The NSM stage: fits `nsm_run.nsm_type` to the femur (and femoral cartilage) meshes of

@@ -21,7 +21,9 @@ use crate::pipeline::models::Registry;
 use crate::pipeline::nsm::{NsmError, NsmOptions};
 use crate::pipeline::package::{self, InputGrid, ModelUsed, Results};
 use crate::pipeline::preview::write_preview;
-use crate::pipeline::run::{prefix_of, run, NsmRun, Progress, RunError, RunOptions, RunOutput};
+use crate::pipeline::run::{
+    prefix_of, run, run_labels, NsmRun, Progress, RunError, RunOptions, RunOutput,
+};
 use crate::pipeline::segment::{SegmentError, SegmentVolumeError};
 use crate::pipeline::shapes::ShapeResults;
 use crate::volume::VolumeError;
@@ -155,9 +157,12 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
     let device =
         crate::device::select(&job.device).map_err(|e| failure(ErrorCode::PipelineError, e))?;
     let model = job.options.segmentation_model.clone();
-    let spec = registry
-        .spec(model.as_deref())
-        .map_err(|e| failure(ErrorCode::ModelError, e))?;
+    if job.options.label_map.is_none() {
+        // Fail before anything is written when the model cannot be had.
+        registry
+            .spec(model.as_deref())
+            .map_err(|e| failure(ErrorCode::ModelError, e))?;
+    }
     let results_dir = dir.join(RESULTS_DIR);
     // A retry starts from a clean folder: nothing of a crashed attempt is packaged.
     if results_dir.exists() {
@@ -176,14 +181,27 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
             options: NsmOptions::default(),
         }),
     };
-    let out = run(
-        &job.input_path,
-        &results_dir,
-        &registry,
-        &options,
-        &mut progress,
-    )
+    let out = match &job.options.label_map {
+        Some(map) => run_labels(
+            &job.input_path,
+            map,
+            &results_dir,
+            &registry,
+            &options,
+            &mut progress,
+        ),
+        None => run(
+            &job.input_path,
+            &results_dir,
+            &registry,
+            &options,
+            &mut progress,
+        ),
+    }
     .map_err(|e| failure(run_error_code(&e), e))?;
+    for note in &out.notes {
+        eprintln!("note: {note}");
+    }
     let mut timings = out.timings.clone();
     let prefix = prefix_of(&job.input_path);
     let io =
@@ -191,14 +209,23 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
 
     progress.after(1);
     let clock = Instant::now();
+    // A segmentation given as input has no image: its labels are drawn on black.
+    let blank;
+    let image = match &out.image {
+        Some(image) => image,
+        None => {
+            blank = out.labels.map(|_| 0.0f32);
+            &blank
+        }
+    };
     write_preview(
         &results_dir.join(format!("{prefix}_preview.png")),
-        &out.image,
+        image,
         &out.labels,
     )
     .map_err(|e| io("writing the preview", e))?;
     let volumes = package::label_volumes_mm3(&out.labels);
-    let names = &spec.manifest.labels;
+    let names = &out.label_names;
     let tissue_volumes_mm3 = volumes
         .iter()
         .map(|(l, v)| {
@@ -214,8 +241,8 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
     progress.after(2);
     let clock = Instant::now();
     let mut dicom = Vec::new();
-    if job.input_path.is_dir() {
-        dicom = write_dicom(&job, &out, &results_dir, &prefix, &volumes)?;
+    if let (true, Some(model)) = (job.input_path.is_dir(), &out.model) {
+        dicom = write_dicom(&job, &out, model, &results_dir, &prefix, &volumes)?;
     }
     drop(out.image);
     timings.push(("DICOM SEG and SR".into(), clock.elapsed().as_secs_f64()));
@@ -229,23 +256,26 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
         prefix: prefix.clone(),
         input: InputGrid::of(&out.labels),
         device: crate::device::name(device),
-        models: std::iter::once(ModelUsed {
-            role: "segmentation".into(),
-            name: out.model.0.clone(),
-            version: out.model.1.clone(),
-        })
-        .chain(
-            out.nsm
-                .as_ref()
-                .filter(|n| !n.results.is_empty())
-                .and_then(|n| n.model.clone())
-                .map(|(name, version)| ModelUsed {
-                    role: "nsm".into(),
-                    name,
-                    version,
-                }),
-        )
-        .collect(),
+        models: out
+            .model
+            .iter()
+            .map(|(name, version)| ModelUsed {
+                role: "segmentation".into(),
+                name: name.clone(),
+                version: version.clone(),
+            })
+            .chain(
+                out.nsm
+                    .as_ref()
+                    .filter(|n| !n.results.is_empty())
+                    .and_then(|n| n.model.clone())
+                    .map(|(name, version)| ModelUsed {
+                        role: "nsm".into(),
+                        name,
+                        version,
+                    }),
+            )
+            .collect(),
         tissue_volumes_mm3,
         thickness_mm: out.shapes.as_ref().map(|s| s.thickness()),
         nsm: out.nsm.as_ref().map(|n| n.results_json()),
@@ -286,6 +316,7 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
 fn write_dicom(
     job: &JobFile,
     out: &RunOutput,
+    model: &(String, String),
     results_dir: &Path,
     prefix: &str,
     volumes: &std::collections::BTreeMap<u8, f64>,
@@ -296,7 +327,6 @@ fn write_dicom(
         }
         None => SegmentCatalog::builtin(),
     };
-    let model = &out.model;
     let algorithm = format!("kneenode {}", model.0);
     let seg_path = results_dir.join(format!("{prefix}_seg.dcm"));
     let seg = write_seg(

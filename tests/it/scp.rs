@@ -363,6 +363,64 @@ fn a_resent_instance_is_stored_once_and_changed_bytes_become_revision_2() {
 }
 
 #[test]
+fn concurrent_stores_are_committed_together_without_losing_or_doubling_any() {
+    // The store commits whatever is waiting as one batch: the same instance arriving on 8
+    // associations at once must still be one row and one file, and each of 24 others its own.
+    let node = Node::start(|_| {});
+    let work = tempfile::tempdir().unwrap();
+    let files = mr_series(work.path(), 25, 32);
+    let payload = |f: &Path| {
+        let sop = part10::read_header(&mut std::fs::File::open(f).unwrap())
+            .unwrap()
+            .sop_instance;
+        (sop, dataset_bytes(f))
+    };
+    let shared = payload(&files[0]);
+    let others: Vec<_> = files[1..].iter().map(|f| payload(f)).collect();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let shared = shared.clone();
+            let mine: Vec<_> = others.iter().skip(t).step_by(8).cloned().collect();
+            let barrier = barrier.clone();
+            let addr = node.addr;
+            std::thread::spawn(move || {
+                let mut assoc = associate(addr);
+                barrier.wait();
+                let mut statuses = vec![c_store(&mut assoc, uids::MR_IMAGE, &shared.0, shared.1)];
+                for (sop, bytes) in mine {
+                    statuses.push(c_store(&mut assoc, uids::MR_IMAGE, &sop, bytes));
+                }
+                assoc.release().unwrap();
+                statuses
+            })
+        })
+        .collect();
+    for t in threads {
+        let statuses = t.join().unwrap();
+        assert!(
+            statuses.iter().all(|&s| s == dimse::status::SUCCESS),
+            "{statuses:?}"
+        );
+    }
+    let rows = node.instance_rows();
+    assert_eq!(rows.len(), 25, "24 instances and the shared one once");
+    let paths: std::collections::BTreeSet<_> = rows.iter().map(|r| r.2.clone()).collect();
+    assert_eq!(paths.len(), 25);
+    assert!(
+        paths.iter().all(|p| !p.ends_with(".r2.dcm")),
+        "no spurious revision"
+    );
+    for (sop, bytes) in std::iter::once(&shared).chain(&others) {
+        let row = rows
+            .iter()
+            .find(|r| r.2.contains(sop.as_str()))
+            .expect("a row per instance");
+        assert_eq!(&dataset_bytes(Path::new(&row.2)), bytes);
+    }
+}
+
+#[test]
 fn sigterm_stops_accepting_finishes_in_flight_work_and_exits_0() {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;

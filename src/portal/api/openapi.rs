@@ -103,13 +103,17 @@ pub fn spec() -> Value {
             "/api/jobs": {
                 "get": { "summary": "Jobs, newest first, filtered and paged", "parameters": job_filters,
                     "responses": with(json!({ "200": ok(json!({ "$ref": "#/components/schemas/JobPage" })) }), errors(&["401"])) },
-                "post": { "summary": "Upload a NIfTI, NRRD or zipped DICOM series and create a job", "security": [{ "session": [], "csrf": [] }],
+                "post": { "summary": "Upload a NIfTI, NRRD or zipped DICOM series (or a label volume) and create a job", "security": [{ "session": [], "csrf": [] }],
                     "requestBody": { "required": true, "content": { "multipart/form-data": { "schema": { "type": "object", "required": ["file"], "properties": {
                         "file": { "type": "string", "format": "binary" },
                         "segmentation_model": { "type": "string" },
                         "perform_nsm": { "type": "boolean" },
                         "nsm_type": { "type": "string", "enum": ["bone_and_cart", "bone_only", "both"] },
-                        "cartilage_smoothing": { "type": "number", "minimum": 0, "maximum": 2 } } } } } },
+                        "cartilage_smoothing": { "type": "number", "minimum": 0, "maximum": 2 },
+                        "input_kind": { "type": "string", "enum": ["image", "labels"], "default": "image",
+                            "description": "labels: the file is a segmentation (NIfTI/NRRD label volume); segmentation is skipped" },
+                        "label_map": { "type": "string", "format": "binary",
+                            "description": "with input_kind=labels: TOML `[labels] femur = 5 …` saying which integer is which tissue; default kneenode's numbering" } } } } } },
                     "responses": with(json!({ "201": { "description": "Job created", "content": { "application/json": { "schema": { "type": "object",
                         "properties": { "id": { "type": "string" }, "status": { "type": "string" }, "url": { "type": "string" } } } } } } }),
                         errors(&["400", "401", "403", "413", "415", "422", "507"])) }

@@ -28,6 +28,9 @@ use futures_util::{Stream, StreamExt};
 use crate::archive::{self, ArchiveError};
 use crate::volume::read_up_to;
 
+mod segmentation;
+pub use segmentation::check_segmentation;
+
 /// How big an upload, and what it unpacks to, may be.
 #[derive(Debug, Clone, Copy)]
 pub struct IntakeLimits {
@@ -137,6 +140,9 @@ pub enum IntakeError {
     /// A zip without a single DICOM file in it (422).
     #[error("the zip holds no DICOM files")]
     NoDicom,
+    /// Uploaded as a segmentation but not a usable label volume for its map (422).
+    #[error("not a usable segmentation: {0}")]
+    NotSegmentation(String),
     /// The server could not store or read the upload (507 when its disk is full, else 500).
     #[error("{}", io_message(.context, .error))]
     Io {
@@ -159,7 +165,8 @@ impl IntakeError {
             | IntakeError::ZipRefused(_)
             | IntakeError::Corrupt(_)
             | IntakeError::NotDicom { .. }
-            | IntakeError::NoDicom => StatusCode::UNPROCESSABLE_ENTITY,
+            | IntakeError::NoDicom
+            | IntakeError::NotSegmentation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             IntakeError::Io { error, .. } if disk_full(error) => StatusCode::INSUFFICIENT_STORAGE,
             IntakeError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -190,6 +190,13 @@ async fn detail(
                 dt { "Attempts" } dd { (job.attempts) " of " (job.max_attempts) }
                 @if let Some(w) = &job.worker_id { dt { "Worker" } dd { code { (w) } } }
                 @if let Some(b) = job.peak_rss_bytes { dt { "Peak memory" } dd { (bytes(u64::try_from(b).unwrap_or(0))) } }
+                @if let Some(map) = serde_json::from_str::<crate::pipeline::JobOptions>(&job.options).ok().and_then(|o| o.label_map) {
+                    dt { "Input" } dd { "a segmentation, analysed without segmenting: "
+                        @for (n, (tissue, value)) in map.entries().into_iter().enumerate() {
+                            @if n > 0 { ", " } (tissue.replace('_', " ")) " = " (value)
+                        }
+                    }
+                }
                 dt { "Options" } dd { code { (job.options) } }
             }
             @if admin {

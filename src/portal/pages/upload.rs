@@ -12,6 +12,7 @@ use maud::html;
 use super::{page, see_other};
 use crate::audit::{self, Event};
 use crate::jobs::{Job, JobSource, NewJob, Queue};
+use crate::pipeline::label_map::LabelMap;
 use crate::pipeline::options::{JobOptions, NsmType};
 use crate::portal::auth::Viewer;
 use crate::portal::error::Fail;
@@ -49,8 +50,17 @@ async fn form(state: web::Data<AppState>, viewer: Viewer) -> Result<HttpResponse
     let body = html! {
         form #upload-form .panel method="post" action="/upload" enctype="multipart/form-data" {
             input type="hidden" name="csrf" value=(viewer.csrf());
-            label { "Image: a NIfTI (.nii, .nii.gz), an NRRD (.nrrd) or a zip of one DICOM series (at most " (max_mb) " MiB)"
+            label { "File: a NIfTI (.nii, .nii.gz), an NRRD (.nrrd) or a zip of one DICOM series (at most " (max_mb) " MiB)"
                 input type="file" name="file" required accept=".nii,.gz,.nrrd,.zip,application/zip"; }
+            fieldset {
+                legend { "The file is" }
+                label.check { input type="radio" name="input_kind" value="image" checked; " an MR image: segment it, then analyse" }
+                label.check { input type="radio" name="input_kind" value="labels"; " a segmentation (a NIfTI or NRRD label volume): skip segmentation, analyse its meshes, thickness and shape" }
+                label { "Label map for a segmentation numbered differently (optional, TOML: "
+                    code { "[labels] femur = 5 …" } "; without it kneenode's numbering is assumed: "
+                    (LABEL_NUMBERING) ")"
+                    input type="file" name="label_map" accept=".toml,text/plain"; }
+            }
             fieldset {
                 legend { "Options" }
                 label { "Segmentation model "
@@ -75,6 +85,13 @@ async fn form(state: web::Data<AppState>, viewer: Viewer) -> Result<HttpResponse
     };
     Ok(page("Upload", &viewer, body))
 }
+
+/// kneenode's own numbering, shown beside the label-map field.
+const LABEL_NUMBERING: &str = "1 patellar cartilage, 2 femoral cartilage, 3/4 medial/lateral \
+    tibial cartilage, 5/6 medial/lateral meniscus, 7 femur, 8 tibia, 9 patella";
+
+/// A label-map file is a few lines; anything longer is not one.
+const MAX_LABEL_MAP_BYTES: usize = 64 * 1024;
 
 /// Reads the multipart body, checks the file and queues the job. Used by the page and the API.
 pub async fn receive(
@@ -103,6 +120,8 @@ pub async fn receive(
         perform_nsm: false,
         ..JobOptions::default()
     };
+    let mut labels_input = false;
+    let mut map_text: Option<String> = None;
     let result: Result<(), Fail> = async {
         while let Some(field) = payload.next().await {
             let mut field =
@@ -123,11 +142,16 @@ pub async fn receive(
                 file = Some((path, original));
                 continue;
             }
+            let limit = if name == "label_map" {
+                MAX_LABEL_MAP_BYTES
+            } else {
+                4096
+            };
             let mut value = Vec::new();
             while let Some(chunk) = field.next().await {
                 let chunk =
                     chunk.map_err(|e| Fail::bad_request(format!("reading the upload: {e}")))?;
-                if value.len() + chunk.len() > 4096 {
+                if value.len() + chunk.len() > limit {
                     return Err(Fail::bad_request(format!(
                         "form field {name:?} is too long"
                     )));
@@ -136,6 +160,14 @@ pub async fn receive(
             }
             let value = String::from_utf8_lossy(&value).trim().to_owned();
             match name.as_str() {
+                "input_kind" => {
+                    labels_input = match value.as_str() {
+                        "image" => false,
+                        "labels" => true,
+                        _ => return Err(Fail::bad_request("input_kind must be image or labels")),
+                    }
+                }
+                "label_map" if !value.is_empty() => map_text = Some(value),
                 "csrf" => csrf = Some(value),
                 "segmentation_model" if !value.is_empty() => {
                     options.segmentation_model = Some(value)
@@ -182,6 +214,29 @@ pub async fn receive(
     let Some((temp, original)) = file else {
         return Err(viewer.fail(Fail::bad_request("choose a file to upload")));
     };
+    if map_text.is_some() && !labels_input {
+        cleanup(&Some((temp, original)));
+        return Err(viewer.fail(Fail::bad_request(
+            "a label map goes with a segmentation: choose \"a segmentation\" as the kind of file",
+        )));
+    }
+    if labels_input {
+        let map = match &map_text {
+            Some(text) => LabelMap::from_toml_str(text, std::path::Path::new("label map")),
+            None => Ok(LabelMap::default()),
+        };
+        match map {
+            Ok(map) => {
+                options.label_map = Some(map);
+                // The segmentation is given: no model runs.
+                options.segmentation_model = None;
+            }
+            Err(e) => {
+                cleanup(&Some((temp, original)));
+                return Err(viewer.fail(Fail::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())));
+            }
+        }
+    }
     if let Err(e) = options.validate() {
         cleanup(&Some((temp, original)));
         return Err(viewer.fail(Fail::bad_request(e.to_string())));
@@ -193,6 +248,13 @@ pub async fn receive(
     web::block(move || -> Result<Job, Fail> {
         let accepted = intake::accept(&temp, &original, &dest, &limits)
             .map_err(|e| Fail::new(e.status(), e.to_string()))?;
+        if let Some(map) = &options.label_map {
+            if let Err(e) = intake::check_segmentation(&accepted, map) {
+                let _ = std::fs::remove_dir_all(&dest);
+                return Err(Fail::new(e.status(), e.to_string()));
+            }
+        }
+        let options_label_map = options.label_map.is_some();
         let mut new = NewJob::new(
             JobSource::Upload,
             accepted.input_path.to_string_lossy(),
@@ -216,6 +278,7 @@ pub async fn receive(
                 detail: serde_json::json!({
                     "job_id": job.id,
                     "kind": format!("{:?}", accepted.kind),
+                    "segmentation": options_label_map,
                     "bytes": accepted.size_bytes,
                 }),
             },

@@ -14,12 +14,15 @@ use kneenode::pipeline::options::JobOptions;
 use kneenode::portal::auth::users::{self, Role};
 use kneenode::portal::Portal;
 
+mod labels;
+
 const ADMIN_PW: &str = "admin password 0123";
 const CLIN_PW: &str = "clinician password 0123";
 
 /// A running portal on a temporary node.
 struct Site {
     dir: tempfile::TempDir,
+    cfg: Config,
     base: String,
     db: Db,
     _rt: tokio::runtime::Runtime,
@@ -59,6 +62,7 @@ impl Site {
         rt.block_on(async { std::mem::forget(portal.start()) });
         Site {
             dir,
+            cfg,
             base,
             db,
             _rt: rt,
@@ -384,31 +388,50 @@ fn repeated_wrong_passwords_are_throttled_even_when_the_right_one_follows() {
 
 /// A multipart body with the CSRF field, options and one file.
 fn multipart(csrf: &str, file_name: &str, content: &[u8]) -> (String, Vec<u8>) {
+    multipart_parts(
+        &[
+            ("csrf", csrf),
+            ("perform_nsm", "false"),
+            ("cartilage_smoothing", "0.3125"),
+        ],
+        &[("file", file_name, content)],
+    )
+}
+
+/// A multipart body of text `fields` then `files` (field name, file name, content).
+fn multipart_parts(fields: &[(&str, &str)], files: &[(&str, &str, &[u8])]) -> (String, Vec<u8>) {
     let boundary = "----kneenodeTestBoundary7MA4YWxkTrZu0gW";
     let mut body = Vec::new();
-    for (k, v) in [
-        ("csrf", csrf),
-        ("perform_nsm", "false"),
-        ("cartilage_smoothing", "0.3125"),
-    ] {
+    for (k, v) in fields {
         write!(
             body,
             "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
         )
         .unwrap();
     }
-    write!(
-        body,
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-    )
-    .unwrap();
-    body.extend_from_slice(content);
-    write!(body, "\r\n--{boundary}--\r\n").unwrap();
+    for (field, file_name, content) in files {
+        write!(
+            body,
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .unwrap();
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    write!(body, "--{boundary}--\r\n").unwrap();
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
 fn upload(site: &Site, l: &Login, name: &str, content: &[u8]) -> (u16, String, Option<String>) {
-    let (ty, body) = multipart(&l.csrf, name, content);
+    send_upload(site, l, multipart(&l.csrf, name, content))
+}
+
+/// POSTs a multipart body to /upload: (status, body, Location).
+fn send_upload(
+    site: &Site,
+    l: &Login,
+    (ty, body): (String, Vec<u8>),
+) -> (u16, String, Option<String>) {
     let mut r = agent()
         .post(site.url("/upload"))
         .header("Cookie", &l.cookie)
