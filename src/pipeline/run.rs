@@ -15,7 +15,7 @@ use super::label_map::LabelMap;
 use super::models::Registry;
 use super::nsm::{self, NsmError, NsmOptions, NsmResult};
 use super::postprocess::{fill_bone_holes, keep_largest_components};
-use super::segment::{load_model, segment_volume, SegmentVolumeError};
+use super::segment::{segment, SegmentVolumeError};
 use super::shapes::{analyse_shapes, ShapeError, ShapeResults};
 use super::NsmType;
 use crate::volume::{self, Selection, Volume, VolumeError};
@@ -171,11 +171,9 @@ pub fn run(
         .spec(options.model.as_deref())
         .map_err(SegmentVolumeError::from)?;
 
-    let model = load_model(&spec, options.device).map_err(SegmentVolumeError::from)?;
-
     stages.begin("segmentation");
-    let mut labels = segment_volume(&image, &spec, &model, options.device, options.tta)?;
-    drop(model);
+    let segmentation = segment(registry, &spec, &image, options.device, options.tta)?;
+    let mut labels = segmentation.labels;
 
     stages.begin("post-processing");
     keep_largest_components(&mut labels);
@@ -192,6 +190,7 @@ pub fn run(
     output.sources = sources;
     output.model = Some((spec.manifest.name.clone(), spec.manifest.version.clone()));
     output.label_names = spec.manifest.labels.clone();
+    output.notes.extend(segmentation.notes);
     Ok(output)
 }
 

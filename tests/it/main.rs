@@ -13,6 +13,7 @@ mod common;
 mod config;
 mod dicom_checks;
 mod dispatch;
+mod ensemble;
 mod health;
 mod mesh;
 mod nsm;

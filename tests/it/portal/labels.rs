@@ -176,7 +176,7 @@ fn an_uploaded_segmentation_with_its_label_map_is_analysed_without_segmenting() 
         unreachable!()
     };
     let zip = Path::new(zip);
-    let names = crate::worker::zip_names(&zip);
+    let names = crate::worker::zip_names(zip);
     for want in [
         "femur_mesh.vtk",
         "knee_seg_preview.png",

@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod check;
+use check::{check_kind, check_nsm};
+
 /// What kind of model a manifest describes.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,7 +44,24 @@ pub enum Normalization {
     None,
 }
 
+/// How an ensemble fuses its members' labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fusion {
+    /// Multi-label STAPLE (Warfield 2004).
+    Staple,
+    /// The most votes per voxel.
+    Majority,
+}
+
 /// A model manifest (`models/<name>/manifest.toml`).
+///
+/// Which fields a kind needs (checked by [`ModelSpec::load`]):
+/// - `patch3d`: `file`, `num_classes`, `spacing`, `orientation`, `patch_size`; with `cascade`
+///   also `in_channels`;
+/// - `slice2d`: `file`, `num_classes`, `orientation`, `slice_size`, `normalization`;
+/// - `ensemble`: `members`, `fusion`, `num_classes`;
+/// - `nsm`: see the module documentation.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -53,7 +73,8 @@ pub struct Manifest {
     pub version: String,
     /// TorchScript file, relative to the manifest.
     pub file: Option<PathBuf>,
-    /// Input channels (patch3d, slice2d).
+    /// Input channels (patch3d, slice2d): 1, or for the second stage of a cascade
+    /// `1 + (num_classes of the low-res model − 1)`.
     pub in_channels: Option<usize>,
     /// Output classes, background included.
     pub num_classes: Option<usize>,
@@ -63,6 +84,23 @@ pub struct Manifest {
     pub orientation: Option<String>,
     /// Sliding-window patch size (patch3d).
     pub patch_size: Option<[usize; 3]>,
+    /// slice2d: the in-plane size `[H, W]` every slice is resized to; H runs along the first
+    /// axis of `orientation`, W along the second (slices are taken along the third).
+    pub slice_size: Option<[usize; 2]>,
+    /// slice2d: slices per forward pass (default 8).
+    pub batch: Option<usize>,
+    /// patch3d: the registry name of the low-res model whose labels this (full-res) model
+    /// takes as one-hot input channels (nnU-Net's `3d_cascade_fullres`).
+    pub cascade: Option<String>,
+    /// ensemble: the registry names of the member models (patch3d or slice2d).
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// ensemble: how the members' labels are fused.
+    pub fusion: Option<Fusion>,
+    /// ensemble: member name → labels that member is not trusted for, overriding the default
+    /// (a slice2d member's plane trust, all labels for a patch3d member).
+    #[serde(default)]
+    pub trust: BTreeMap<String, Vec<u8>>,
     /// Input normalisation.
     pub normalization: Option<Normalization>,
     /// Axes safe for mirroring test-time augmentation.
@@ -80,7 +118,7 @@ pub struct Manifest {
     pub surfaces: Vec<String>,
     /// NSM: BScore constants per NSM type.
     pub bscore: Option<BScoreTable>,
-    /// Anything a later kind needs (ensemble members) is kept here unread.
+    /// Any other key, kept unread (a manifest written for a later kneenode still loads).
     #[serde(flatten)]
     pub extra: BTreeMap<String, toml::Value>,
 }
@@ -150,6 +188,23 @@ pub enum ModelError {
         /// Why.
         reason: String,
     },
+    /// The models a manifest names (ensemble members, a cascade's low-res model) are missing or
+    /// do not fit it.
+    #[error("model {name}: {reason}")]
+    Composition {
+        /// The ensemble or cascade.
+        name: String,
+        /// What does not fit, naming the other model.
+        reason: String,
+    },
+    /// The model is not a segmentation model (an NSM).
+    #[error("model {name}: kind {kind:?} does not segment images")]
+    NotSegmentation {
+        /// The model.
+        name: String,
+        /// Its kind.
+        kind: ModelKind,
+    },
     /// The model exists but its kind cannot run yet.
     #[error("model {name}: kind {kind:?} is not available in this version")]
     KindNotAvailable {
@@ -202,24 +257,7 @@ impl ModelSpec {
         };
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         let manifest: Manifest = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
-        if manifest.kind == ModelKind::Patch3d {
-            let missing: Vec<&str> = [
-                ("file", manifest.file.is_none()),
-                ("num_classes", manifest.num_classes.is_none()),
-                ("spacing", manifest.spacing.is_none()),
-                ("orientation", manifest.orientation.is_none()),
-                ("patch_size", manifest.patch_size.is_none()),
-            ]
-            .into_iter()
-            .filter_map(|(k, m)| m.then_some(k))
-            .collect();
-            if !missing.is_empty() {
-                return Err(fail(format!(
-                    "a patch3d model needs {}",
-                    missing.join(", ")
-                )));
-            }
-        }
+        check_kind(&manifest).map_err(fail)?;
         if manifest.kind == ModelKind::Nsm {
             check_nsm(&manifest).map_err(fail)?;
         }
@@ -307,157 +345,84 @@ impl Registry {
         ModelSpec::load(name, path)
     }
 
+    /// Checks the models `spec` names against this registry: an ensemble's members must be
+    /// registered patch3d or slice2d models with no more classes than the ensemble; a cascade's
+    /// low-res model must be a registered patch3d model that is not itself a cascade, with
+    /// `num_classes` equal to the full-res model's `in_channels` (the image plus one one-hot
+    /// channel per foreground label).
+    pub fn check_references(&self, spec: &ModelSpec) -> Result<(), ModelError> {
+        let m = &spec.manifest;
+        let fail = |reason: String| ModelError::Composition {
+            name: m.name.clone(),
+            reason,
+        };
+        let named = |other: &str| -> Result<ModelSpec, ModelError> {
+            if !self.manifests.contains_key(other) {
+                return Err(fail(format!("{other:?} is not in the registry")));
+            }
+            self.spec(Some(other))
+                .map_err(|e| fail(format!("{other:?} cannot be used: {e}")))
+        };
+        if m.kind == ModelKind::Ensemble {
+            let classes = m.num_classes.unwrap_or(0);
+            for member in &m.members {
+                let s = named(member)?;
+                if !matches!(s.manifest.kind, ModelKind::Patch3d | ModelKind::Slice2d) {
+                    return Err(fail(format!(
+                        "member {member:?} is of kind {:?}; members must be patch3d or slice2d models",
+                        s.manifest.kind
+                    )));
+                }
+                let member_classes = s.manifest.num_classes.unwrap_or(0);
+                if member_classes > classes {
+                    return Err(fail(format!(
+                        "member {member:?} has {member_classes} classes, the ensemble {classes}"
+                    )));
+                }
+                self.check_references(&s)?;
+            }
+        }
+        if let (ModelKind::Patch3d, Some(low)) = (&m.kind, &m.cascade) {
+            let s = named(low)?;
+            if s.manifest.kind != ModelKind::Patch3d || s.manifest.cascade.is_some() {
+                return Err(fail(format!(
+                    "the cascade's low-res model {low:?} must be a plain patch3d model"
+                )));
+            }
+            let low_classes = s.manifest.num_classes.unwrap_or(0);
+            let want = low_classes.max(1);
+            if m.in_channels != Some(want) {
+                return Err(fail(format!(
+                    "in_channels is {}, but a cascade on {low:?} ({low_classes} classes) feeds \
+                     1 + ({low_classes} − 1) = {want} channels: the image and one one-hot \
+                     channel per foreground label",
+                    m.in_channels.map_or("missing".into(), |c| c.to_string()),
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Every registered model with whether it can be loaded: for `doctor`.
     pub fn check_all(&self) -> Vec<(String, Result<ModelSpec, ModelError>)> {
         self.names()
             .map(|n| {
-                let spec = self.spec(Some(n)).and_then(|s| match s.weights_path() {
-                    Some(w) if !w.is_file() => Err(ModelError::Weights {
-                        name: n.to_owned(),
-                        path: w,
-                        reason: "file not found".into(),
-                    }),
-                    _ => Ok(s),
-                });
+                let spec = self
+                    .spec(Some(n))
+                    .and_then(|s| match s.weights_path() {
+                        Some(w) if !w.is_file() => Err(ModelError::Weights {
+                            name: n.to_owned(),
+                            path: w,
+                            reason: "file not found".into(),
+                        }),
+                        _ => Ok(s),
+                    })
+                    .and_then(|s| self.check_references(&s).map(|()| s));
                 (n.to_owned(), spec)
             })
             .collect()
     }
 }
 
-/// What an NSM manifest must hold (CONTRACT.md): a file, `latent_size`, `surfaces` naming the
-/// femur, and BScore vectors of the latent's length, of unit norm, with a positive spread.
-fn check_nsm(m: &Manifest) -> Result<(), String> {
-    let mut missing = Vec::new();
-    if m.file.is_none() {
-        missing.push("file");
-    }
-    if m.latent_size.is_none_or(|l| l == 0) {
-        missing.push("latent_size");
-    }
-    if !m.surfaces.iter().any(|s| s == "femur") {
-        missing.push("surfaces with \"femur\"");
-    }
-    if !missing.is_empty() {
-        return Err(format!("an nsm model needs {}", missing.join(", ")));
-    }
-    let latent = m.latent_size.unwrap_or(0);
-    let table = m.bscore.clone().unwrap_or_default();
-    for (name, spec) in [
-        ("bone_and_cart", &table.bone_and_cart),
-        ("bone_only", &table.bone_only),
-    ] {
-        let Some(b) = spec else { continue };
-        if b.vector.len() != latent {
-            return Err(format!(
-                "bscore.{name}.vector has {} values, latent_size is {latent}",
-                b.vector.len()
-            ));
-        }
-        let norm = b.vector.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if (norm - 1.0).abs() > 1e-3 {
-            return Err(format!(
-                "bscore.{name}.vector must be a unit vector (norm {norm})"
-            ));
-        }
-        if !(b.std_healthy.is_finite() && b.std_healthy > 0.0 && b.mean_healthy.is_finite()) {
-            return Err(format!(
-                "bscore.{name}: mean_healthy must be finite and std_healthy positive"
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let p = dir.join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    #[test]
-    fn registry_resolves_manifests_and_reports_missing_weights() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = write(dir.path(), "cfg/models.toml", "default = \"demo\"\n[models.demo]\nmanifest = \"../m/demo/manifest.toml\"\n[models.gone]\nmanifest = \"../m/gone/manifest.toml\"\n");
-        write(
-            dir.path(),
-            "m/demo/manifest.toml",
-            "name = \"demo\"\nkind = \"patch3d\"\nversion = \"1\"\nfile = \"seg.pt\"\nnum_classes = 10\nspacing = [1.0, 1.0, 1.0]\norientation = \"PIR\"\npatch_size = [32, 32, 32]\nnormalization = \"zscore\"\n[labels]\n0 = \"background\"\n",
-        );
-        let registry = Registry::load(&reg).unwrap();
-        assert_eq!(registry.default_model(), Some("demo"));
-        let spec = registry.spec(None).unwrap();
-        assert_eq!(spec.manifest.patch_size, Some([32, 32, 32]));
-        assert_eq!(
-            spec.weights_path().unwrap(),
-            dir.path().join("cfg/../m/demo/seg.pt")
-        );
-        let checks = registry.check_all();
-        assert!(
-            matches!(checks[0].1, Err(ModelError::Weights { .. })),
-            "seg.pt is missing"
-        );
-        assert!(
-            matches!(checks[1].1, Err(ModelError::Manifest { .. })),
-            "no manifest at all"
-        );
-        assert!(matches!(
-            registry.spec(Some("nope")),
-            Err(ModelError::Unknown(_))
-        ));
-        assert_eq!(registry.nsm_model(), None);
-    }
-
-    #[test]
-    fn nsm_manifests_are_validated_and_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = write(dir.path(), "models.toml", "[models.a]\nmanifest = \"a.toml\"\n[models.shape]\nmanifest = \"s.toml\"\n[models.bad]\nmanifest = \"b.toml\"\n");
-        write(
-            dir.path(),
-            "a.toml",
-            "name = \"a\"\nkind = \"slice2d\"\nversion = \"1\"\n",
-        );
-        write(
-            dir.path(),
-            "s.toml",
-            "name = \"shape\"\nkind = \"nsm\"\nversion = \"2\"\nfile = \"nsm.pt\"\nlatent_size = 2\n\
-             surfaces = [\"femur\", \"femoral_cartilage\"]\n\
-             [bscore.bone_and_cart]\nvector = [0.6, 0.8]\nmean_healthy = -0.5\nstd_healthy = 0.5\n",
-        );
-        write(
-            dir.path(),
-            "b.toml",
-            "name = \"bad\"\nkind = \"nsm\"\nversion = \"1\"\nfile = \"nsm.pt\"\nlatent_size = 3\n\
-             surfaces = [\"femur\"]\n[bscore.bone_only]\nvector = [1.0, 1.0, 0.0]\nmean_healthy = 0.0\nstd_healthy = 1.0\n",
-        );
-        let registry = Registry::load(&reg).unwrap();
-        // "bad" sorts first, but its vector is not a unit vector: passed over.
-        assert_eq!(registry.nsm_model().as_deref(), Some("shape"));
-        let err = registry.spec(Some("bad")).unwrap_err().to_string();
-        assert!(err.contains("unit vector"), "{err}");
-        let spec = registry.spec(Some("shape")).unwrap();
-        let b = spec.manifest.bscore.unwrap().bone_and_cart.unwrap();
-        assert!((b.score(&[1.0, 1.0]) - 3.8).abs() < 1e-12);
-        // A named nsm model must be listed.
-        let reg2 = write(
-            dir.path(),
-            "r2.toml",
-            "nsm = \"gone\"\n[models.a]\nmanifest = \"a.toml\"\n",
-        );
-        assert!(Registry::load(&reg2).is_err());
-        let reg3 = write(
-            dir.path(),
-            "r3.toml",
-            "nsm = \"bad\"\n[models.bad]\nmanifest = \"b.toml\"\n",
-        );
-        assert_eq!(
-            Registry::load(&reg3).unwrap().nsm_model().as_deref(),
-            Some("bad")
-        );
-    }
-}
+mod tests;
