@@ -31,6 +31,9 @@
 # all 8 associations are served at once, SyncStorageArea on). storescp, dicom-storescp and
 # Orthanc 1.10 have no bind-address option and listen on all interfaces; every transfer goes over
 # 127.0.0.1. Only kneenode and Orthanc fsync before answering.
+# CPU ms/i: the receiver's CPU time per instance (user + system of its process group, forked and
+# reaped children included, read just before it is stopped, start-up included). storescu's own
+# CPU is not in it; on a 2-core machine the senders and the receiver share the cores.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -118,6 +121,18 @@ stop_bg() {
     local keep=() p
     for p in "${PGIDS[@]}"; do [ "$p" = "$pg" ] || keep+=("$p"); done
     PGIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+# group_cpu PGID: CPU seconds (user + system, with reaped children) of every process in the group,
+# e.g. a receiver and its forked association handlers.
+group_cpu() {
+    local pg=$1 hz total=0 p
+    hz=$(getconf CLK_TCK)
+    for p in $(pgrep -g "$pg" 2>/dev/null); do
+        # Fields after the ")" of the command name: utime is the 12th, then stime, cutime, cstime.
+        total=$(( total + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13 + $14 + $15}' || echo 0) ))
+    done
+    python3 -c "print('%.2f' % ($total / $hz))"
 }
 
 # wait_echo AE PORT PID LOG: waits until the receiver answers C-ECHO (30 s at most).
@@ -300,7 +315,7 @@ trial() {
     mkdir -p "$dir"
     sync   # earlier trials' dirty pages must not land on this one
     if ! start_receiver "$name" "$dir"; then
-        printf '%s\t%s\t%s\tNA\tstart-failed\n' "$name" "$assocs" "$run" >> "$RESULTS"
+        printf '%s\t%s\t%s\tNA\tstart-failed\tNA\n' "$name" "$assocs" "$run" >> "$RESULTS"
         stop_bg "$RPID"; return
     fi
     local i rc=0 t0 t1 n
@@ -334,9 +349,11 @@ trial() {
         log "$name, $assocs assoc, run $run: receiver holds $n instances, not $COUNT"
         tail -n 5 "$dir/receiver.log" >&2
     fi
-    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$assocs" "$run" "$secs" "$status" >> "$RESULTS"
-    log "$(printf '%-9s %d assoc  run %d: %7.2f s  %6.0f inst/s  %s' "$name" "$assocs" "$run" "$secs" \
-        "$(python3 -c "print($COUNT / max($secs, 1e-9))")" "$status")"
+    local cpu
+    cpu=$(group_cpu "$RPID")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$assocs" "$run" "$secs" "$status" "$cpu" >> "$RESULTS"
+    log "$(printf '%-9s %d assoc  run %d: %7.2f s  %6.0f inst/s  receiver CPU %5.2f s  %s' "$name" "$assocs" "$run" "$secs" \
+        "$(python3 -c "print($COUNT / max($secs, 1e-9))")" "$cpu" "$status")"
     stop_bg "$RPID"
     rm -rf "$dir"
 }
@@ -379,7 +396,7 @@ print()
 print("Ingest: %d MR instances (%.1f kB each, %.1f MB), loopback, storescu with TCP_NODELAY=1; median of %d run(s)"
       % (count, nbytes / count / 1000, nbytes / 1e6, runs))
 print("Machine: " + machine)
-hdr = "%-18s %-20s %6s %10s %8s %9s %12s  %s" % ("receiver", "options", "assocs", "inst/s", "MB/s", "median s", "kneenode ÷", "fsync")
+hdr = "%-18s %-20s %6s %10s %8s %9s %12s %9s  %s" % ("receiver", "options", "assocs", "inst/s", "MB/s", "median s", "kneenode ÷", "CPU ms/i", "fsync")
 print(hdr)
 print("-" * len(hdr))
 for a in ("1", "8"):
@@ -393,11 +410,13 @@ for a in ("1", "8"):
                 ratio = "%.2f×" % (t / med[("kneenode", a)])
             else:
                 ratio = "—" if name != "kneenode" else "1.00×"
-            cells = ("%.0f" % ips, "%.1f" % mbs, "%.2f" % t, ratio)
+            cpus = [float(r[5]) for r in rows if r[0] == name and r[1] == a and r[4] == "ok" and len(r) > 5 and r[5] != "NA"]
+            cpu = "%.2f" % (statistics.median(cpus) * 1000 / count) if cpus else "—"
+            cells = ("%.0f" % ips, "%.1f" % mbs, "%.2f" % t, ratio, cpu)
         else:
-            cells = ("FAILED", "—", "—", "—")
+            cells = ("FAILED", "—", "—", "—", "—")
         note = "" if not bad[(name, a)] else "  (%d of %d runs failed, left out: %s)" % (bad[(name, a)], runs, ", ".join(why[(name, a)]))
-        print("%-18s %-20s %6s %10s %8s %9s %12s  %s%s" % ((label[name], how[name], a) + cells + (fsync[name], note)))
+        print("%-18s %-20s %6s %10s %8s %9s %12s %9s  %s%s" % ((label[name], how[name], a) + cells + (fsync[name], note)))
     print()
 print("Targets:")
 refs8 = [(med[(n, "8")], n) for n in names if n != "kneenode" and (n, "8") in med]
