@@ -87,6 +87,8 @@ pub struct JobSummary {
     pub completed_at: Option<NaiveDateTime>,
     /// Error code of the last failure.
     pub error_code: Option<String>,
+    /// The failure in words ([`friendly_error`]), for jobs that failed.
+    pub error: Option<String>,
     /// Attempts used.
     pub attempts: i32,
 }
@@ -188,7 +190,9 @@ fn page_of(db: &Db, f: &JobFilter) -> Result<Vec<JobSummary>, DbError> {
 }
 
 fn summary(j: Job, sender: Option<&(String, Option<String>, String)>) -> JobSummary {
+    let error = friendly_error(&j);
     JobSummary {
+        error,
         series_description: sender.and_then(|s| s.1.clone()),
         calling_ae: sender.map(|s| s.2.clone()),
         id: j.id,

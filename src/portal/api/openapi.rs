@@ -73,7 +73,7 @@ pub fn spec() -> Value {
                     "calling_ae": { "type": ["string", "null"] }, "progress_percent": { "type": "number" },
                     "step_name": { "type": ["string", "null"] }, "created_at": { "type": "string" },
                     "started_at": { "type": ["string", "null"] }, "completed_at": { "type": ["string", "null"] },
-                    "error_code": { "type": ["string", "null"] }, "attempts": { "type": "integer" } } },
+                    "error_code": { "type": ["string", "null"] }, "error": { "type": ["string", "null"], "description": "the failure in words" }, "attempts": { "type": "integer" } } },
                 "JobPage": { "type": "object", "properties": {
                     "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/JobSummary" } },
                     "total": { "type": "integer" }, "page": { "type": "integer" }, "per_page": { "type": "integer" } } },

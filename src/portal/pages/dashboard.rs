@@ -83,10 +83,7 @@ fn collect(state: &AppState) -> Result<Data, Fail> {
     let errors = views::latest(db, JobStatus::Error, 10)?
         .into_iter()
         .map(|j| {
-            let msg = Queue::new(db.clone())
-                .get(&j.id)
-                .ok()
-                .and_then(|full| views::friendly_error(&full));
+            let msg = j.error.clone();
             (j, msg)
         })
         .collect();
