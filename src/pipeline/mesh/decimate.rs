@@ -71,12 +71,19 @@ fn optimum(q: &Quadric) -> Option<[f64; 3]> {
     Some([x, y, z])
 }
 
-#[derive(PartialEq)]
 struct Candidate {
     cost: f64,
     u: u32,
     v: u32,
     stamp: (u32, u32),
+}
+
+/// Equality as the ordering sees it (cost and edge; the stamp only tells stale entries apart
+/// when popped), so that `a == b` exactly when `a.cmp(b)` is `Equal`.
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
 }
 
 impl Eq for Candidate {}
