@@ -245,6 +245,10 @@ struct PhantomArgs {
     /// A small, coarse phantom (64×64×48 at 2 mm) for quick tests.
     #[arg(long)]
     small: bool,
+    /// Voxels along i, j, k as IxJxK, over the same field of view (so the voxel size changes):
+    /// 384x384x160 is 0.375×0.375×0.75 mm; with --small, 128x128x96 is 1×1×1.25 mm.
+    #[arg(long, value_name = "IxJxK", value_parser = kneenode::phantom::parse_matrix)]
+    matrix: Option<[usize; 3]>,
     /// A left knee (default: right).
     #[arg(long)]
     left: bool,
@@ -581,6 +585,9 @@ fn write_phantom(args: &PhantomArgs) -> anyhow::Result<()> {
             ..Default::default()
         }
     };
+    if let Some(dims) = args.matrix {
+        params = params.with_matrix(dims);
+    }
     params.left = args.left;
     params.random_pose = !args.no_pose;
     if let Some(mm) = args.cartilage_mm {
@@ -607,9 +614,10 @@ fn write_phantom(args: &PhantomArgs) -> anyhow::Result<()> {
     kneenode::volume::write_nrrd(&args.out.join("labels.nrrd"), &phantom.labels)?;
     let v = tissue_volumes_mm3(&phantom.labels);
     println!(
-        "phantom seed {} ({:?} voxels, {:.1} s): {} DICOM file(s), image.nii.gz, labels.nii.gz/.nrrd in {}",
+        "phantom seed {} ({:?} voxels of {:?} mm, {:.1} s): {} DICOM file(s), image.nii.gz, labels.nii.gz/.nrrd in {}",
         args.seed,
         phantom.image.dims(),
+        phantom.params.spacing,
         started.elapsed().as_secs_f64(),
         files.len(),
         args.out.display()

@@ -88,6 +88,29 @@ impl PhantomParams {
         }
     }
 
+    /// The same field of view on a `dims` grid: each axis's voxel size is scaled by its old
+    /// over its new voxel count, so `PhantomParams::default().with_matrix([384, 384, 160])` is
+    /// 0.375 × 0.375 × 0.75 mm over the default's 144 × 144 × 120 mm, and the grid's centre stays
+    /// on LPS (0, 0, 0). The anatomy is drawn from the seed as before, but it is sampled on the
+    /// new grid (so partial volume, noise and the joint space, which is at least 1.2 × the
+    /// largest spacing, follow the new voxel size). An axis asked to have 0 voxels keeps its
+    /// spacing (the phantom is then empty).
+    pub fn with_matrix(self, dims: [usize; 3]) -> Self {
+        let spacing = std::array::from_fn(|a| {
+            if dims[a] == 0 {
+                self.spacing[a]
+            } else {
+                // The ratio first: it is exactly 1 for an unchanged axis, so the spacing is too.
+                self.spacing[a] * (self.dims[a] as f64 / dims[a] as f64)
+            }
+        });
+        PhantomParams {
+            dims,
+            spacing,
+            ..self
+        }
+    }
+
     /// The parameters [`generate`] actually uses.
     fn sanitized(&self) -> PhantomParams {
         let finite_or = |v: f64, default: f64| if v.is_finite() { v } else { default };
@@ -100,6 +123,34 @@ impl PhantomParams {
             bias_field: finite_or(self.bias_field, 0.0).clamp(0.0, 0.9),
             ..self.clone()
         }
+    }
+}
+
+/// A phantom grid written `IxJxK` was not three sizes of at least 1 voxel, at most
+/// [`MAX_VOXELS`](crate::volume::MAX_VOXELS) in all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("matrix {given:?}: want IxJxK, three sizes of at least 1 voxel and at most {max} voxels in all (e.g. 384x384x160)", max = crate::volume::MAX_VOXELS)]
+#[non_exhaustive]
+pub struct MatrixError {
+    /// The text given.
+    pub given: String,
+}
+
+/// Parses a grid size `IxJxK` (voxels along i, j and k; `x` or `X`, spaces allowed around
+/// the numbers), e.g. `384x384x160`.
+pub fn parse_matrix(text: &str) -> Result<[usize; 3], MatrixError> {
+    let error = || MatrixError {
+        given: text.to_owned(),
+    };
+    let sizes: Vec<usize> = text
+        .split(['x', 'X'])
+        .map(|n| n.trim().parse::<usize>().ok().filter(|&n| n >= 1))
+        .collect::<Option<_>>()
+        .ok_or_else(error)?;
+    let dims: [usize; 3] = sizes.try_into().map_err(|_| error())?;
+    match crate::volume::voxel_count(dims) {
+        Some(n) if n <= crate::volume::MAX_VOXELS => Ok(dims),
+        _ => Err(error()),
     }
 }
 

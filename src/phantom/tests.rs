@@ -267,3 +267,100 @@ fn degenerate_parameters_do_not_panic() {
     let v = tissue_volumes_mm3(&bare.labels);
     assert!(v[1..=4].iter().all(|&c| c == 0.0) && v[7] > 0.0, "{v:?}");
 }
+
+#[test]
+fn a_finer_matrix_keeps_the_field_of_view_and_the_centre() {
+    let default = PhantomParams::default();
+    let fine = default.clone().with_matrix([384, 384, 160]);
+    assert_eq!(fine.dims, [384, 384, 160]);
+    assert_eq!(fine.spacing, [0.375, 0.375, 0.75]);
+    let extent =
+        |p: &PhantomParams| std::array::from_fn::<f64, 3, _>(|a| p.spacing[a] * p.dims[a] as f64);
+    assert_eq!(extent(&fine), [144.0, 144.0, 120.0]);
+    assert_eq!(extent(&fine), extent(&default));
+    // The two grids cover the same box: their outer voxel corners are the same LPS points.
+    let coarse = sagittal_geometry(default.dims, default.spacing);
+    let g = sagittal_geometry(fine.dims, fine.spacing);
+    for corner in 0..8 {
+        let at = |dims: [usize; 3]| -> [f64; 3] {
+            std::array::from_fn(|a| {
+                if corner >> a & 1 == 1 {
+                    dims[a] as f64 - 0.5
+                } else {
+                    -0.5
+                }
+            })
+        };
+        let (p, q) = (
+            coarse.index_to_point(at(default.dims)),
+            g.index_to_point(at(fine.dims)),
+        );
+        assert!((0..3).all(|r| (p[r] - q[r]).abs() < 1e-9), "{p:?} vs {q:?}");
+    }
+    // Everything else is kept; a 0 keeps that axis's spacing.
+    assert_eq!(
+        PhantomParams {
+            dims: default.dims,
+            spacing: default.spacing,
+            ..fine.clone()
+        },
+        default
+    );
+    assert_eq!(
+        default.clone().with_matrix([0, 96, 80]).spacing,
+        [0.75, 1.5, 1.5]
+    );
+}
+
+#[test]
+fn the_generated_grid_follows_the_matrix() {
+    let small = PhantomParams::small(3);
+    let phantom = generate(&small.clone().with_matrix([96, 80, 60]));
+    let g = phantom.image.geometry();
+    assert_eq!(phantom.image.dims(), [96, 80, 60]);
+    assert_eq!(orientation_code(g), "PIR");
+    let want = [128.0 / 96.0, 128.0 / 80.0, 120.0 / 60.0];
+    assert!(
+        (0..3).all(|a| (g.spacing[a] - want[a]).abs() < 1e-12),
+        "{:?}",
+        g.spacing
+    );
+    let centre = g.index_to_point([95.0 / 2.0, 79.0 / 2.0, 59.0 / 2.0]);
+    assert!(centre.iter().all(|c| c.abs() < 1e-9), "{centre:?}");
+    // Same knee, sampled differently: the femur's volume barely moves.
+    let femur = |p: &Phantom| tissue_volumes_mm3(&p.labels)[7];
+    let (a, b) = (femur(&generate(&small)), femur(&phantom));
+    assert!((a / b - 1.0).abs() < 0.05, "{a} vs {b} mm³");
+}
+
+#[test]
+fn the_default_matrix_changes_nothing() {
+    let default = PhantomParams::default();
+    assert_eq!(default.clone().with_matrix([192, 192, 80]), default);
+    let small = PhantomParams::small(5);
+    assert_eq!(small.clone().with_matrix([64, 64, 48]), small);
+    let a = generate(&small);
+    let b = generate(&small.clone().with_matrix(small.dims));
+    assert_eq!(a.labels, b.labels);
+    assert_eq!(a.image, b.image);
+}
+
+#[test]
+fn matrix_parses_three_positive_sizes() {
+    assert_eq!(parse_matrix("384x384x160"), Ok([384, 384, 160]));
+    assert_eq!(parse_matrix(" 64 X 64 x 48 "), Ok([64, 64, 48]));
+    for bad in [
+        "",
+        "384x384",
+        "384x384x160x2",
+        "0x10x10",
+        "-1x10x10",
+        "axbxc",
+        "384,384,160",
+        "2000x2000x2000",
+    ] {
+        let error = parse_matrix(bad).expect_err(bad);
+        assert_eq!(error.given, bad);
+        assert!(error.to_string().contains("IxJxK"), "{error}");
+    }
+}
