@@ -189,15 +189,11 @@ fn write_bench_phantom(out: &std::path::Path, seed: u64, dims: &[usize]) -> anyh
         .ok()
         .filter(|d: &[usize; 3]| d.iter().all(|&n| n >= 2))
         .context("--dims needs three sizes of at least 2")?;
-    let default = PhantomParams::default();
     let params = PhantomParams {
         seed,
-        dims,
-        spacing: std::array::from_fn(|a| {
-            default.spacing[a] * default.dims[a] as f64 / dims[a] as f64
-        }),
-        ..default
-    };
+        ..PhantomParams::default()
+    }
+    .with_matrix(dims);
     let phantom = generate(&params);
     crate::volume::write_volume(out, &phantom.labels)
         .with_context(|| format!("writing {}", out.display()))?;
