@@ -34,4 +34,5 @@ pg_isready -h 127.0.0.1 -p 5432 >&2
 "$here/build-deps.sh"
 "$here/setup-libtorch.sh"
 "$here/../tests/helpers/mesh-readers.sh" >/dev/null
+"$here/../tools/tests/nnunet-deps.sh" >/dev/null
 "$here/browser-deps.sh"

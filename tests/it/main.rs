@@ -14,6 +14,7 @@ mod config;
 mod dicom_checks;
 mod dispatch;
 mod ensemble;
+mod export_nnunet;
 mod health;
 mod mesh;
 mod nsm;
