@@ -421,6 +421,69 @@ fn concurrent_stores_are_committed_together_without_losing_or_doubling_any() {
 }
 
 #[test]
+fn stores_wait_for_other_database_writers_instead_of_failing() {
+    // Another writer (as the series watcher is) keeps taking SQLite's write lock while 8
+    // associations store: every instance must still be stored, none refused as "locked".
+    use diesel::prelude::*;
+    let node = Node::start(|_| {});
+    let work = tempfile::tempdir().unwrap();
+    let files = mr_series(work.path(), 64, 16);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (node.db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut writes = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut conn = db.conn().unwrap();
+                conn.transaction::<_, diesel::result::Error, _>(|c| {
+                    diesel::sql_query("UPDATE series SET instance_count = instance_count")
+                        .execute(c)?;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    Ok(())
+                })
+                .unwrap();
+                drop(conn);
+                writes += 1;
+                // A busy watcher, not a lock that is never let go.
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+            writes
+        })
+    };
+    let chunks: Vec<Vec<PathBuf>> = files.chunks(8).map(<[PathBuf]>::to_vec).collect();
+    let threads: Vec<_> = chunks
+        .into_iter()
+        .map(|mine| {
+            let addr = node.addr;
+            std::thread::spawn(move || {
+                let mut assoc = associate(addr);
+                let statuses: Vec<u16> = mine
+                    .iter()
+                    .map(|f| {
+                        let sop = part10::read_header(&mut std::fs::File::open(f).unwrap())
+                            .unwrap()
+                            .sop_instance;
+                        c_store(&mut assoc, uids::MR_IMAGE, &sop, dataset_bytes(f))
+                    })
+                    .collect();
+                assoc.release().unwrap();
+                statuses
+            })
+        })
+        .collect();
+    for t in threads {
+        let statuses = t.join().unwrap();
+        assert!(
+            statuses.iter().all(|&s| s == dimse::status::SUCCESS),
+            "{statuses:?}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 0, "the other writer ran");
+    assert_eq!(node.instance_rows().len(), 64);
+}
+
+#[test]
 fn sigterm_stops_accepting_finishes_in_flight_work_and_exits_0() {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;

@@ -121,6 +121,12 @@ fn commit_batch(db: &Db, incoming: &Path, batch: &mut [Pending]) -> Vec<Outcome>
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
     let mut dirs = BTreeSet::new();
     let committed = conn.transaction::<_, StoreError, _>(|c| {
+        // Take the write lock first. SQLite's deferred BEGIN would start as a reader (the
+        // duplicate check below) and then fail at once with "database is locked", without
+        // waiting, if another connection wrote in between; a write as the first statement
+        // waits on busy_timeout instead. (An UPDATE matching no row still takes the lock; on
+        // PostgreSQL it is a no-op.)
+        diesel::sql_query("UPDATE instances SET revision = revision WHERE 1 = 0").execute(c)?;
         for p in batch.iter_mut() {
             let mut result = place(c, incoming, p, &mut dirs);
             if result.as_ref().is_err_and(StoreError::is_unique_violation) {
