@@ -362,35 +362,29 @@ fn a_resent_instance_is_stored_once_and_changed_bytes_become_revision_2() {
     assert_eq!(dataset_bytes(Path::new(&second.2)), changed);
 }
 
-#[test]
-fn concurrent_stores_are_committed_together_without_losing_or_doubling_any() {
-    // The store commits whatever is waiting as one batch: the same instance arriving on 8
-    // associations at once must still be one row and one file, and each of 24 others its own.
-    let node = Node::start(|_| {});
-    let work = tempfile::tempdir().unwrap();
-    let files = mr_series(work.path(), 25, 32);
-    let payload = |f: &Path| {
-        let sop = part10::read_header(&mut std::fs::File::open(f).unwrap())
-            .unwrap()
-            .sop_instance;
-        (sop, dataset_bytes(f))
-    };
-    let shared = payload(&files[0]);
-    let others: Vec<_> = files[1..].iter().map(|f| payload(f)).collect();
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
-    let threads: Vec<_> = (0..8)
-        .map(|t| {
-            let shared = shared.clone();
-            let mine: Vec<_> = others.iter().skip(t).step_by(8).cloned().collect();
+/// (SOP Instance UID, dataset bytes) of a Part 10 file.
+fn sop_and_bytes(file: &Path) -> (String, Vec<u8>) {
+    let sop = part10::read_header(&mut std::fs::File::open(file).unwrap())
+        .unwrap()
+        .sop_instance;
+    (sop, dataset_bytes(file))
+}
+
+/// Stores each group on its own association, all at once (they start together), and asserts
+/// every instance was answered Success.
+fn store_in_parallel(addr: std::net::SocketAddr, groups: Vec<Vec<(String, Vec<u8>)>>) {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(groups.len()));
+    let threads: Vec<_> = groups
+        .into_iter()
+        .map(|group| {
             let barrier = barrier.clone();
-            let addr = node.addr;
             std::thread::spawn(move || {
                 let mut assoc = associate(addr);
                 barrier.wait();
-                let mut statuses = vec![c_store(&mut assoc, uids::MR_IMAGE, &shared.0, shared.1)];
-                for (sop, bytes) in mine {
-                    statuses.push(c_store(&mut assoc, uids::MR_IMAGE, &sop, bytes));
-                }
+                let statuses: Vec<u16> = group
+                    .into_iter()
+                    .map(|(sop, bytes)| c_store(&mut assoc, uids::MR_IMAGE, &sop, bytes))
+                    .collect();
                 assoc.release().unwrap();
                 statuses
             })
@@ -403,6 +397,25 @@ fn concurrent_stores_are_committed_together_without_losing_or_doubling_any() {
             "{statuses:?}"
         );
     }
+}
+
+#[test]
+fn concurrent_stores_are_committed_together_without_losing_or_doubling_any() {
+    // The store commits whatever is waiting as one batch: the same instance arriving on 8
+    // associations at once must still be one row and one file, and each of 24 others its own.
+    let node = Node::start(|_| {});
+    let work = tempfile::tempdir().unwrap();
+    let files = mr_series(work.path(), 25, 32);
+    let shared = sop_and_bytes(&files[0]);
+    let others: Vec<_> = files[1..].iter().map(|f| sop_and_bytes(f)).collect();
+    let groups = (0..8)
+        .map(|t| {
+            std::iter::once(shared.clone())
+                .chain(others.iter().skip(t).step_by(8).cloned())
+                .collect()
+        })
+        .collect();
+    store_in_parallel(node.addr, groups);
     let rows = node.instance_rows();
     assert_eq!(rows.len(), 25, "24 instances and the shared one once");
     let paths: std::collections::BTreeSet<_> = rows.iter().map(|r| r.2.clone()).collect();
@@ -450,34 +463,11 @@ fn stores_wait_for_other_database_writers_instead_of_failing() {
             writes
         })
     };
-    let chunks: Vec<Vec<PathBuf>> = files.chunks(8).map(<[PathBuf]>::to_vec).collect();
-    let threads: Vec<_> = chunks
-        .into_iter()
-        .map(|mine| {
-            let addr = node.addr;
-            std::thread::spawn(move || {
-                let mut assoc = associate(addr);
-                let statuses: Vec<u16> = mine
-                    .iter()
-                    .map(|f| {
-                        let sop = part10::read_header(&mut std::fs::File::open(f).unwrap())
-                            .unwrap()
-                            .sop_instance;
-                        c_store(&mut assoc, uids::MR_IMAGE, &sop, dataset_bytes(f))
-                    })
-                    .collect();
-                assoc.release().unwrap();
-                statuses
-            })
-        })
+    let groups = files
+        .chunks(8)
+        .map(|c| c.iter().map(|f| sop_and_bytes(f)).collect())
         .collect();
-    for t in threads {
-        let statuses = t.join().unwrap();
-        assert!(
-            statuses.iter().all(|&s| s == dimse::status::SUCCESS),
-            "{statuses:?}"
-        );
-    }
+    store_in_parallel(node.addr, groups);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(writer.join().unwrap() > 0, "the other writer ran");
     assert_eq!(node.instance_rows().len(), 64);
