@@ -147,6 +147,11 @@ struct RunArgs {
     /// For a DICOM series of several orientations: sagittal, coronal or axial.
     #[arg(long)]
     plane: Option<String>,
+    /// The knee's side, left or right (default: the DICOM series' laterality). A model trained
+    /// on one side only mirrors a knee of the other side; with neither this nor a laterality
+    /// (NIfTI, NRRD) it tries both sides and keeps the more confident result.
+    #[arg(long, value_name = "left|right")]
+    side: Option<kneenode::pipeline::models::Side>,
     /// Stop after the label files: no meshes, no thickness.
     #[arg(long)]
     segment_only: bool,
@@ -497,6 +502,7 @@ fn analyse_labels(
         device,
         tta: false,
         select: kneenode::volume::Selection::default(),
+        side: None,
         shapes: Some(args.cartilage_smoothing),
         nsm,
     };
@@ -566,6 +572,7 @@ fn run_pipeline(cfg: &Config, args: &RunArgs) -> anyhow::Result<()> {
         device,
         tta: args.tta,
         select: kneenode::volume::Selection { plane, echo },
+        side: args.side,
         shapes: (!args.segment_only).then_some(args.cartilage_smoothing),
         nsm: args.nsm_run()?,
     };

@@ -110,6 +110,16 @@ def phantom_dir(cache: Path, seed: int, left: bool, cartilage_mm: float | None) 
     return Path(cache) / f"seed{seed}_{side}_{cart}"
 
 
+def canonical(array: np.ndarray, left: bool) -> np.ndarray:
+    """A PIR volume (image or labels, indexed [i, j, k]) of a `left` or right knee as the right
+    knee a side-canonical model (manifest `side = "right"`) is trained on: a left knee mirrored
+    along k, the patient's left–right axis, with its labels as they are (a mirrored left knee
+    is a right knee whose medial side is still medial, so 3/4 and 5/6 are not exchanged). Its
+    own inverse, so it also takes predicted labels back to the left knee. kneenode's
+    `pipeline::ensemble` does the same on the voxel axis nearest the patient's x."""
+    return np.ascontiguousarray(array[:, :, ::-1]) if left else array
+
+
 def zscore(image: np.ndarray) -> np.ndarray:
     """z-score over the whole volume: mean and standard deviation of all voxels, the std with
     Bessel's correction (n − 1), as the Rust side computes it (`Tensor::std(true)`); no

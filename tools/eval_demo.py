@@ -3,13 +3,20 @@
 inference.
 
     python tools/eval_demo.py [--kneenode target/release/kneenode] [--seeds 1001 … 1005]
+                              [--sides right left]
 
-For each seed it generates the default full-size phantom (right knee, 2 mm cartilage, random
-pose), z-scores the whole volume, runs the TorchScript model of `models/demo/` by sliding
-window exactly as DOMAIN.md describes nnU-Net's (step 0.5 of the patch, Gaussian importance
-map with σ = 1/8 of the patch, softmax accumulated, then argmax), and prints the Dice of
-labels 1–9, their mean, and the inference time. The phantom grid is already the model's
-spacing and orientation (PIR), so no resampling happens; the script checks that.
+For each seed and side it generates the default full-size phantom (2 mm cartilage, random
+pose; a right and a left knee by default), z-scores the whole volume, runs the TorchScript
+model of `models/demo/` by sliding window exactly as DOMAIN.md describes nnU-Net's (step 0.5
+of the patch, Gaussian importance map with σ = 1/8 of the patch, softmax accumulated, then
+argmax), and prints the Dice of labels 1–9, their mean, and the inference time. The phantom
+grid is already the model's spacing and orientation (PIR), so no resampling happens; the
+script checks that.
+
+A model whose manifest has `side` (trained on knees of that side only) gets a knee of the
+other side as kneenode gives it: mirrored along k, the patient's left–right axis, before the
+sliding window, and the labels mirrored back (no medial/lateral swap) before they are compared
+with the phantom's own labels.
 
 `--postprocess` also reports Dice after what the pipeline does next (largest connected
 component per label, holes filled in the bones); the raw figures are the model's own.
@@ -31,6 +38,7 @@ from demo_common import (  # noqa: E402
     BONES,
     LABELS,
     cache_dir,
+    canonical,
     default_kneenode,
     dice_per_label,
     make_phantom,
@@ -118,7 +126,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=cache_dir())
     ap.add_argument("--model-dir", type=Path, default=REPO / "models" / "demo")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1001, 1002, 1003, 1004, 1005])
-    ap.add_argument("--left", action="store_true", help="left knees instead of right ones")
+    ap.add_argument("--sides", nargs="+", choices=["right", "left"], default=["right", "left"],
+                    help="which knees of each seed (default: both)")
     ap.add_argument("--cartilage-mm", type=float, default=None, help="phantom cartilage thickness (default: kneenode's, 2 mm)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1, help="patches per forward pass")
@@ -130,54 +139,69 @@ def main() -> None:
     manifest = tomllib.loads((args.model_dir / "manifest.toml").read_text())
     assert manifest["normalization"] == "zscore" and manifest["orientation"] == "PIR"
     patch = tuple(manifest["patch_size"])
+    model_side = manifest.get("side")  # None: the model takes either side as it is
     step = 0.5  # DOMAIN.md: half-patch overlap (the Gaussian σ = patch / 8 is in demo_common)
     model = torch.jit.load(str(args.model_dir / manifest["file"]), map_location="cpu").eval()
     print(f"model {manifest['name']} v{manifest['version']}: patch {patch}, spacing {manifest['spacing']}, "
-          f"{sum(p.numel() for p in model.parameters())} parameters, {args.threads} threads", flush=True)
+          f"side {model_side or 'any'}, {sum(p.numel() for p in model.parameters())} parameters, "
+          f"{args.threads} threads", flush=True)
 
-    header = f"{'seed':>6} " + " ".join(f"{SHORT[l]:>7}" for l in range(1, 10)) + f" {'mean':>7} {'time s':>7}"
+    header = f"{'knee':>7} " + " ".join(f"{SHORT[l]:>7}" for l in range(1, 10)) + f" {'mean':>7} {'time s':>7}"
     rows, rows_pp, times = [], [], []
     print(header)
     for seed in args.seeds:
-        folder = phantom_dir(args.cache, seed, args.left, args.cartilage_mm)
-        image, truth, spacing = make_phantom(args.kneenode, folder, seed, args.left, args.cartilage_mm)
-        if not np.allclose(spacing, manifest["spacing"], atol=1e-4):
-            raise SystemExit(f"phantom spacing {spacing} is not the model's {manifest['spacing']}; resample first")
-        t = time.perf_counter()
-        # Timed from the raw volume to the label map: normalisation, windows, softmax, argmax.
-        x = zscore(image)
-        probs = sliding_window(model, x, patch, len(LABELS), step=step, batch=args.batch)
-        seg = probs.argmax(0).to(torch.uint8).numpy()
-        times.append(time.perf_counter() - t)
-        d = dice_per_label(seg, truth)
-        rows.append([d[l] for l in range(1, 10)])
-        print(f"{seed:>6} " + " ".join(f"{v:7.4f}" for v in rows[-1]) + f" {np.nanmean(rows[-1]):7.4f} {times[-1]:7.1f}", flush=True)
-        if args.postprocess:
-            dp = dice_per_label(postprocess(seg), truth)
-            rows_pp.append([dp[l] for l in range(1, 10)])
-            print(f"{'  +pp':>6} " + " ".join(f"{v:7.4f}" for v in rows_pp[-1]) + f" {np.nanmean(rows_pp[-1]):7.4f}", flush=True)
-        if args.save:
-            args.save.mkdir(parents=True, exist_ok=True)
-            np.save(args.save / f"seed{seed}_pred.npy", seg)
+        for side in args.sides:
+            left = side == "left"
+            folder = phantom_dir(args.cache, seed, left, args.cartilage_mm)
+            image, truth, spacing = make_phantom(args.kneenode, folder, seed, left, args.cartilage_mm)
+            if not np.allclose(spacing, manifest["spacing"], atol=1e-4):
+                raise SystemExit(f"phantom spacing {spacing} is not the model's {manifest['spacing']}; resample first")
+            # A one-sided model sees a knee of the other side mirrored (PIR: k is left–right).
+            mirrored = model_side is not None and side != model_side
+            t = time.perf_counter()
+            # Timed from the raw volume to the label map: normalisation, windows, softmax, argmax.
+            x = zscore(canonical(image, mirrored))
+            probs = sliding_window(model, x, patch, len(LABELS), step=step, batch=args.batch)
+            seg = canonical(probs.argmax(0).to(torch.uint8).numpy(), mirrored)
+            times.append(time.perf_counter() - t)
+            d = dice_per_label(seg, truth)
+            rows.append([d[l] for l in range(1, 10)])
+            name = f"{seed}{side[0].upper()}"
+            print(f"{name:>7} " + " ".join(f"{v:7.4f}" for v in rows[-1]) + f" {np.nanmean(rows[-1]):7.4f} {times[-1]:7.1f}", flush=True)
+            if args.postprocess:
+                dp = dice_per_label(postprocess(seg), truth)
+                rows_pp.append([dp[l] for l in range(1, 10)])
+                print(f"{'  +pp':>7} " + " ".join(f"{v:7.4f}" for v in rows_pp[-1]) + f" {np.nanmean(rows_pp[-1]):7.4f}", flush=True)
+            if args.save:
+                args.save.mkdir(parents=True, exist_ok=True)
+                np.save(args.save / f"seed{seed}_{side}_pred.npy", seg)
 
     def summary(name: str, table: list[list[float]]) -> np.ndarray:
         m = np.nanmean(np.array(table), axis=0)
-        print(f"{name:>6} " + " ".join(f"{v:7.4f}" for v in m) + f" {np.nanmean(m):7.4f}")
+        print(f"{name:>7} " + " ".join(f"{v:7.4f}" for v in m) + f" {np.nanmean(m):7.4f}")
         return m
 
     print("-" * len(header))
-    mean = summary("mean", rows)
-    summary("min", [list(np.nanmin(np.array(rows), axis=0))])
+    summary("mean", rows)
+    low = summary("min", [list(np.nanmin(np.array(rows), axis=0))])
     if rows_pp:
         summary("pp", rows_pp)
+        low_pp = summary("pp min", [list(np.nanmin(np.array(rows_pp), axis=0))])
     print(f"inference: {np.mean(times):.1f} s per volume (mean of {len(times)}, {args.threads} threads, CPU)")
-    # The target: every tissue ≥ 0.90, bones ≥ 0.95 (on the mean over the phantoms).
-    misses = [
-        f"{LABELS[l]} {mean[l - 1]:.4f} < {0.95 if l in BONES else 0.90}"
-        for l in range(1, 10)
-        if mean[l - 1] < (0.95 if l in BONES else 0.90)
-    ]
-    print("target met" if not misses else "target missed: " + "; ".join(misses))
+    # The target: every tissue ≥ 0.90, bones ≥ 0.95, on every phantom (the Rust test
+    # asserts it per phantom after post-processing; here on the raw argmax, and with
+    # --postprocess also after it).
+    def verdict(name: str, worst: np.ndarray) -> None:
+        misses = [
+            f"{LABELS[l]} {worst[l - 1]:.4f} < {0.95 if l in BONES else 0.90}"
+            for l in range(1, 10)
+            if worst[l - 1] < (0.95 if l in BONES else 0.90)
+        ]
+        print(f"{name}: " + ("target met on every phantom" if not misses else "target missed: " + "; ".join(misses)))
+
+    verdict("raw", low)
+    if rows_pp:
+        verdict("post-processed", low_pp)
 
 
 if __name__ == "__main__":

@@ -15,23 +15,29 @@ What it does, and why:
   cartilage would be a single voxel thick and could not reach the Dice target. Training
   phantoms vary seed, laterality and cartilage thickness (1.5–3 mm); seeds 1001–1005 are
   never used, they are the held-out set of `eval_demo.py`.
+* **Side-canonical.** The network only ever sees right knees: every left phantom is mirrored
+  along k (the patient's left–right axis of the PIR grid) *without* exchanging the medial and
+  lateral labels, because a mirrored left knee is a right knee whose medial side is still
+  medial. The manifest says `side = "right"`, and kneenode mirrors a left knee the same way
+  before segmenting it and mirrors the labels back afterwards (`pipeline::ensemble`). Why:
+  the phantom's left knee is the exact mirror image of a right one, so a network that sees
+  both must tell medial from lateral (labels 3/4, 5/6) from subtle shape cues alone; the
+  earlier models could not, and called both tibial plateaus "medial". On canonical right
+  knees the medial compartment is always on the low-k side of the intercondylar notch.
 * **Network.** A 5-stage 3D U-Net in nnU-Net's style: two 3×3×3 conv → instance norm →
   leaky ReLU blocks per stage, strided-conv downsampling, transposed-conv upsampling. The
   first downsampling is (2, 2, 1) because the grid is twice as coarse along k; after it the
-  voxels are isotropic (1.5 mm) and the rest halve all three axes. Instance norm (not batch
-  norm) keeps the output independent of how many patches the Rust side batches together.
-  The deepest stage sees ~12 mm voxels, which gives the receptive field needed to tell the
-  medial compartment from the lateral one: the phantom's left knee is the mirror image of a
-  right one, so only the shape of the menisci (the medial one is a more open "C") and the
-  cruciate ligaments say which side is which.
-* **Training.** Random patches, two thirds of them centred on a voxel of a randomly chosen
-  tissue (the cartilages and menisci are < 0.1 % of the volume each), Dice + cross-entropy
-  loss, Adam with warm-up and polynomial decay, a fixed number of steps and fixed seeds so a
-  rerun gives the same model (on the same thread count). Mirroring along k with the
-  medial/lateral labels swapped turns a right knee into a left one and doubles the data.
+  voxels are isotropic (1.5 mm) and the rest halve all three axes, so the deepest stage sees
+  ~12 mm voxels and its receptive field spans the patch. Instance norm (not batch norm)
+  keeps the output independent of how many patches the Rust side batches together.
+* **Training.** Random patches, most of them centred on a voxel of a randomly chosen tissue,
+  the small ones (cartilages, menisci: < 0.1 % of the volume each) drawn more often than the
+  bones; Dice + cross-entropy loss with deep supervision, Adam with warm-up and polynomial
+  decay, a fixed number of steps and fixed seeds so a rerun gives the same model (on the
+  same thread count).
 * **Export.** Eval mode, parameters frozen (`requires_grad = False`), `torch.jit.trace` on a
   patch; the network is fully convolutional so the traced graph runs on any size divisible
-  by 16 × 16 × 16 (checked against the eager model before saving).
+  by 16 × 16 × 8 (checked against the eager model before saving).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from demo_common import (  # noqa: E402
     LABELS,
     NUM_CLASSES,
     cache_dir,
+    canonical,
     default_kneenode,
     make_phantom,
     phantom_dir,
@@ -61,11 +68,16 @@ from demo_common import (  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # The manifest's `version`: bump it whenever the recipe below changes the weights.
-MODEL_VERSION = "1"
+MODEL_VERSION = "2"
+# Optimiser steps of the committed model: sized to train in about half an hour on 2 CPU threads
+# (a shared 2-core machine measured 0.4-0.7 s a step).
+STEPS = 2800
 # Held out for eval_demo.py; the trainer refuses to touch them.
 EVAL_SEEDS = range(1001, 1006)
-# Swapping these along with a k-mirror turns a right knee into a left one.
-MIRROR_SWAP = {3: 4, 4: 3, 5: 6, 6: 5}
+# The side every training knee is brought to (the manifest's `side`).
+CANONICAL_SIDE = "right"
+# The small tissues (cartilages, menisci), whose patches the sampler favours.
+SMALL_TISSUES = (1, 2, 3, 4, 5, 6)
 
 
 # --------------------------------------------------------------------------------------
@@ -95,10 +107,9 @@ class UNet3D(nn.Module):
 
     def __init__(
         self,
-        channels: tuple[int, ...] = (8, 16, 32, 64, 64),
+        channels: tuple[int, ...] = (12, 24, 32, 64, 64),
         strides: tuple[tuple[int, int, int], ...] = ((2, 2, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2)),
         num_classes: int = NUM_CLASSES,
-        context: int = 32,
     ):
         super().__init__()
         assert len(strides) == len(channels) - 1
@@ -121,51 +132,18 @@ class UNet3D(nn.Module):
         # Deep supervision (training only): a 1×1×1 head on each decoder stage but the last and
         # the bottom, so the coarse stages get a direct gradient early in training.
         self.aux_heads = nn.ModuleList(nn.Conv3d(channels[s], num_classes, 1) for s in range(len(channels) - 2, 0, -1))
-        # Global context: a small side encoder (input pooled to isotropic voxels, then conv
-        # blocks and max pooling down to ~12 mm) whose patch-wide mean goes through a 1×1×1
-        # bottleneck and is added to the U-Net's deepest features at every position.
-        # Why: the phantom's left knee is the exact mirror of a right one, so medial vs lateral
-        # (labels 3/4, 5/6) hinges on one bit per knee that only subtle asymmetries reveal
-        # (the medial meniscus is a more open "C", the ACL leaves the lateral condyle). Pooling
-        # lets evidence from anywhere in the patch decide it for every voxel. The side encoder
-        # always runs in fp32 (see forward_all). Like instance norm, this depends on the whole
-        # patch but never on the batch.
-        self.side_encoder = nn.Sequential(
-            nn.AvgPool3d(strides[0], strides[0]),
-            ConvBlock(1, 16),
-            nn.MaxPool3d(2),
-            ConvBlock(16, 32),
-            nn.MaxPool3d(2),
-            ConvBlock(32, 48),
-            nn.MaxPool3d(2),
-            ConvBlock(48, 48),
-        )
-        self.context = nn.Sequential(nn.Conv3d(48, context, 1), nn.LeakyReLU(0.01, inplace=True))
-        self.context_out = nn.Conv3d(context, channels[-1], 1)
-        # Laterality probe (training only): left/right from the pooled context, supervised
-        # directly. Through the segmentation loss alone the encoder never found the asymmetry
-        # within the CPU budget; with the probe it does in a few hundred steps.
-        self.laterality_head = nn.Conv3d(context, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_all(x, aux=False)[-1]
 
     def forward_all(self, x: torch.Tensor, aux: bool = True) -> list[torch.Tensor]:
-        """Logits of every decoder stage, coarsest first, then the laterality logit (N, 1)
-        (only the full-resolution logits, the network's output, unless `aux`)."""
-        inputs = x
+        """Logits of every decoder stage, coarsest first (only the full-resolution logits, the
+        network's output, unless `aux`)."""
         skips = []
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
-        # bf16 autocast (training) slowed the discovery of the left/right cue a lot in tests, and
-        # this branch is cheap: keep it in fp32.
-        with torch.autocast("cpu", enabled=False):
-            pooled = self.side_encoder(inputs.float()).mean(dim=(2, 3, 4), keepdim=True)
-            hidden = self.context(pooled)
-            context = self.context_out(hidden)
-        x = skips[-1] + context.to(skips[-1].dtype)
-        side = self.laterality_head(hidden).flatten(1) if aux else None
+        x = skips[-1]
         outs = []
         n_dec = len(self.decoder)
         for n, (up, dec) in enumerate(zip(self.upsample, self.decoder)):
@@ -173,8 +151,6 @@ class UNet3D(nn.Module):
             if aux and n < n_dec - 1:
                 outs.append(self.aux_heads[n](x))
         outs.append(self.head(x))
-        if side is not None:
-            outs.append(side)
         return outs
 
 
@@ -185,7 +161,9 @@ class UNet3D(nn.Module):
 
 def training_plan(n: int, rng: random.Random) -> list[tuple[int, bool, float]]:
     """(seed, left, cartilage mm) of each training phantom: seeds 1…n, every other one a left
-    knee, thickness drawn uniformly from 1.5–3 mm (0.1 mm steps, so folder names stay short)."""
+    knee, thickness drawn uniformly from 1.5–3 mm (0.1 mm steps, so folder names stay short).
+    The left knees are mirrored to right ones before training (`canonical`); they are kept
+    because the mirror of a posed left knee is a right knee in a pose no right phantom has."""
     plan = []
     for seed in range(1, n + 1):
         assert seed not in EVAL_SEEDS
@@ -196,76 +174,52 @@ def training_plan(n: int, rng: random.Random) -> list[tuple[int, bool, float]]:
 class PatchSampler:
     """Draws training patches from in-memory volumes.
 
-    With probability `fg_prob` a patch is centred on a voxel of a tissue chosen uniformly among
-    those present (so a 1500-voxel tibial cartilage is seen as often as a 200 000-voxel femur),
-    otherwise anywhere; the centre is clipped so the patch stays inside the volume.
+    With probability `fg_prob` a patch is centred on a voxel of a tissue chosen among those
+    present, each small tissue (cartilages, menisci) `small_weight` times as often as each bone
+    (so a 1500-voxel tibial cartilage is seen more often than a 200 000-voxel femur), otherwise
+    anywhere; the centre is clipped so the patch stays inside the volume.
     """
 
-    def __init__(self, volumes, lefts, patch, fg_prob: float, rng: np.random.Generator):
-        self.volumes = volumes  # list of (zscored float32 [I,J,K], labels uint8 [I,J,K])
-        self.lefts = lefts  # whether each volume is a left knee
+    def __init__(self, volumes, patch, fg_prob: float, small_weight: float, rng: np.random.Generator):
+        self.volumes = volumes  # list of (zscored float32 [I,J,K], labels uint8 [I,J,K]), right knees
         self.patch = np.array(patch)
         self.fg_prob = fg_prob
+        self.small_weight = small_weight
         self.rng = rng
         # Flat indices per class per volume, computed once (np.flatnonzero is the slow part).
         self.where = [
             {c: np.flatnonzero(lab == c) for c in range(1, NUM_CLASSES) if (lab == c).any()}
             for _, lab in volumes
         ]
-        swap = np.arange(NUM_CLASSES, dtype=np.uint8)
-        for a, b in MIRROR_SWAP.items():
-            swap[a] = b
-        self.swap = swap
 
-    def crop(self) -> tuple[np.ndarray, np.ndarray, bool]:
-        """A random crop (views into the volume) and whether its knee is a left one."""
+    def crop(self) -> tuple[np.ndarray, np.ndarray]:
+        """A random crop (views into the volume)."""
         v = int(self.rng.integers(len(self.volumes)))
         image, labels = self.volumes[v]
         shape = np.array(image.shape)
         if self.rng.random() < self.fg_prob:
             classes = sorted(self.where[v])
-            c = classes[int(self.rng.integers(len(classes)))]
+            w = np.array([self.small_weight if c in SMALL_TISSUES else 1.0 for c in classes])
+            c = classes[int(self.rng.choice(len(classes), p=w / w.sum()))]
             flat = self.where[v][c][int(self.rng.integers(len(self.where[v][c])))]
             centre = np.array(np.unravel_index(flat, image.shape))
         else:
             centre = self.rng.integers(0, shape)
         start = np.clip(centre - self.patch // 2, 0, shape - self.patch)
         sl = tuple(slice(s, s + p) for s, p in zip(start, self.patch))
-        return image[sl], labels[sl], self.lefts[v]
+        return image[sl], labels[sl]
 
-    def finish(self, x, y, left: bool, mirror: bool):
-        """Augments a crop; returns (image, labels, left) of the result."""
-        if mirror:
-            # A right knee mirrored across the sagittal plane is a left knee, with medial and
-            # lateral structures exchanging sides.
-            x, y, left = x[:, :, ::-1], self.swap[y[:, :, ::-1]], not left
+    def finish(self, x, y):
+        """Augments a crop. No mirroring: flipping i or j is not anatomy, and flipping k would
+        turn the right knee into a left one, which the network never has to segment."""
         # Mild global intensity jitter so the model does not lean on the exact z-score.
         x = x * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-0.1, 0.1)
-        return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y), left
+        return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
 
-    def batch(self, n: int, mirror_pairs: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """n patches: (images (n,1,…), labels (n,…), left-knee flags (n,)).
-
-        With `mirror_pairs` the batch holds n/2 crops each with its own mirror image: the same
-        anatomy twice with medial and lateral labels exchanged, so any feature that does not
-        tell left from right earns nothing on the medial/lateral labels, and the gradient of
-        each step points straight at what does (the shape of the menisci, the cruciates).
-        """
-        items = []
-        if mirror_pairs:
-            for _ in range(n // 2):
-                x, y, left = self.crop()
-                items += [self.finish(x, y, left, False), self.finish(x, y, left, True)]
-        else:
-            for _ in range(n):
-                x, y, left = self.crop()
-                items.append(self.finish(x, y, left, self.rng.random() < 0.5))
-        xs, ys, lefts = zip(*items)
-        return (
-            torch.from_numpy(np.stack(xs))[:, None],
-            torch.from_numpy(np.stack(ys)).long(),
-            torch.tensor(lefts, dtype=torch.float32),
-        )
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n patches: (images (n, 1, …), labels (n, …))."""
+        xs, ys = zip(*(self.finish(*self.crop()) for _ in range(n)))
+        return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys)).long()
 
 
 # --------------------------------------------------------------------------------------
@@ -317,7 +271,6 @@ def export(model: nn.Module, out_dir: Path, patch, spacing, plan, args) -> Path:
     model = model.to(memory_format=torch.contiguous_format).float().eval()
     # The deep-supervision heads only serve training; drop them so the file holds only what runs.
     model.aux_heads = nn.ModuleList()
-    model.laterality_head = None
     for p in model.parameters():
         p.requires_grad_(False)
     example = torch.zeros(1, 1, *patch)
@@ -359,11 +312,15 @@ patch_size = [{", ".join(str(p) for p in patch)}]
 # z-score over the whole volume: (x − mean) / std, mean and standard deviation (with n − 1)
 # of all voxels of the reoriented, resampled volume; no foreground mask, no clipping.
 normalization = "zscore"
-# No mirroring TTA: flipping i or j is not anatomy, and flipping k turns the knee's medial side
-# into its lateral one (labels 3↔4 and 5↔6 would have to be swapped).
+# Trained on right knees only (left training knees were mirrored along k, the patient's
+# left–right axis, with their labels unchanged). kneenode mirrors a left knee the same way
+# before segmenting it and mirrors the labels back.
+side = "{CANONICAL_SIDE}"
+# No mirroring TTA: flipping i or j is not anatomy, and flipping k turns the right knee the
+# network knows into a left one.
 # Sliding window as DOMAIN.md says: step 0.5 of the patch, Gaussian importance σ = patch / 8.
 mirror_axes = []
-trained_on = "kneenode phantoms, seeds {seeds[0]}–{seeds[-1]} ({n_left} left knees), cartilage {min(thick):g}–{max(thick):g} mm, 192×192×80 at 0.75×0.75×1.5 mm, {args.steps} steps of {args.batch} patches; held out: seeds 1001–1005"
+trained_on = "kneenode phantoms, seeds {seeds[0]}–{seeds[-1]} ({n_left} of them left knees mirrored to right ones), cartilage {min(thick):g}–{max(thick):g} mm, 192×192×80 at 0.75×0.75×1.5 mm, {args.steps} steps of {args.batch} patches {"×".join(str(p) for p in patch)}; held out: seeds 1001–1005"
 
 [labels]
 {labels}
@@ -390,18 +347,17 @@ def main() -> None:
     ap.add_argument("--kneenode", type=Path, default=default_kneenode(), help="kneenode binary (default: target/release/kneenode)")
     ap.add_argument("--cache", type=Path, default=cache_dir(), help="where phantoms are generated and kept")
     ap.add_argument("--out", type=Path, default=REPO / "models" / "demo", help="output folder")
-    ap.add_argument("--phantoms", type=int, default=24, help="number of training phantoms")
-    ap.add_argument("--steps", type=int, default=700, help="optimiser steps")
+    ap.add_argument("--phantoms", type=int, default=40, help="number of training phantoms")
+    ap.add_argument("--steps", type=int, default=STEPS, help="optimiser steps")
     ap.add_argument("--batch", type=int, default=2, help="patches per step")
-    ap.add_argument("--patch", type=int, nargs=3, default=[96, 96, 48], help="patch size along i j k")
-    ap.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32, 64, 64])
+    ap.add_argument("--patch", type=int, nargs=3, default=[64, 64, 48], help="patch size along i j k")
+    ap.add_argument("--channels", type=int, nargs="+", default=[12, 24, 32, 64, 64])
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--fg-prob", type=float, default=0.67, help="share of patches centred on a tissue")
+    ap.add_argument("--fg-prob", type=float, default=0.8, help="share of patches centred on a tissue")
+    ap.add_argument("--small-weight", type=float, default=2.0,
+                    help="how much more often a tissue-centred patch picks each cartilage or meniscus than each bone")
     ap.add_argument("--rare-weight", type=float, default=10.0,
                     help="initial cross-entropy weight of labels 1-6 (annealed linearly to 1 over training)")
-    ap.add_argument("--laterality-weight", type=float, default=0.5, help="weight of the training-only left/right probe loss")
-    ap.add_argument("--mirror-pairs", action=argparse.BooleanOptionalAction, default=True,
-                    help="fill each batch with crops and their k-mirrors")
     ap.add_argument("--init", type=Path, default=None, help="start from this state_dict (experiments)")
     ap.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
@@ -426,12 +382,13 @@ def main() -> None:
             spacing = sp
         elif not np.allclose(sp, spacing):
             raise RuntimeError(f"phantom {seed} has spacing {sp}, expected {spacing}")
-        volumes.append((zscore(image), labels))
+        # Canonical right knees; z-scoring does not care about the mirror.
+        volumes.append((zscore(canonical(image, left)), canonical(labels, left)))
     print(f"{len(volumes)} phantoms {volumes[0][0].shape} at {spacing} mm ready in {time.time() - t0:.0f} s", flush=True)
 
     model = UNet3D(tuple(args.channels))
     if args.init:
-        # Experiments only: continue from an earlier run's weights (the probes may be new).
+        # Experiments only: continue from an earlier run's weights.
         model.load_state_dict(torch.load(args.init), strict=False)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"UNet3D channels {args.channels}: {n_params} parameters (with training-only heads)", flush=True)
@@ -442,7 +399,7 @@ def main() -> None:
     print(f"bf16 autocast: {'on' if use_bf16 else 'off'}", flush=True)
     # channels-last lets oneDNN pick its fast 3D convolution kernels (~20 % per step).
     model = model.to(memory_format=torch.channels_last_3d)
-    sampler = PatchSampler(volumes, [left for _, left, _ in plan], args.patch, args.fg_prob, rng)
+    sampler = PatchSampler(volumes, args.patch, args.fg_prob, args.small_weight, rng)
     if args.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-5)
     else:
@@ -462,7 +419,7 @@ def main() -> None:
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        x, y, left = sampler.batch(args.batch, args.mirror_pairs)
+        x, y = sampler.batch(args.batch)
         # Rare-class weights matter at the start (see dice_ce_loss); annealing them to 1 leaves
         # the end of training with unbiased cross-entropy, so the learned boundaries are not
         # pushed outwards into the neighbouring tissue.
@@ -471,26 +428,18 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             outs = model.forward_all(x.contiguous(memory_format=torch.channels_last_3d))
         outs = [o.float() for o in outs]
-        side = outs.pop()
         if args.deep_supervision:
-            seg_loss = deep_supervision_loss(outs, y, class_weights)
+            loss = deep_supervision_loss(outs, y, class_weights)
         else:
-            seg_loss = dice_ce_loss(outs[-1], y, class_weights)
-        # Only patches that show the tibial plateau (labels 3–6) can tell left from right, and
-        # only there does it matter.
-        shows_joint = ((y >= 3) & (y <= 6)).flatten(1).any(1).float().view(-1, 1)
-        side_loss = F.binary_cross_entropy_with_logits(side, left.view(-1, 1), weight=shows_joint, reduction="sum")
-        side_loss = side_loss / shows_joint.sum().clamp_min(1)
-        loss = seg_loss + args.laterality_weight * side_loss
+            loss = dice_ce_loss(outs[-1], y, class_weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-        side_avg = side_loss.item() if step == 0 else 0.95 * side_avg + 0.05 * side_loss.item()
         if args.checkpoint and step % 100 == 99:
             torch.save(model.state_dict(), args.checkpoint)
         if step % 25 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  avg {running:.4f}  laterality bce avg {side_avg:.3f}  "
+            print(f"step {step:5d}  loss {loss.item():.4f}  avg {running:.4f}  "
                   f"lr {lr_at(step):.2e}  {time.time() - t1:6.0f} s", flush=True)
     train_s = time.time() - t1
     if args.checkpoint:

@@ -106,7 +106,7 @@ fn routing_rules_are_checked() {
         (rule("match = { series_description = '(?i)dess(' }"), "routing[0].match.series_description: \"(?i)dess(\" is not a valid regular expression: unclosed group"),
         (rule("match = { modality = '' }"), "routing[0].match.modality: must not be empty (leave the key out to match any value)"),
         (rule("match = { modality = 'MR', bodypart = 'KNEE' }"), "routing[0].match.bodypart: unknown key (expected one of: body_part, called_ae, calling_ae, modality, protocol_name, series_description)"),
-        (rule("match = { modality = 'MR' }\noptions = { perform_nms = true }"), "routing[0].options.perform_nms: unknown field `perform_nms`, expected one of `segmentation_model`, `perform_nsm`, `nsm_type`, `cartilage_smoothing`, `echo`, `plane`"),
+        (rule("match = { modality = 'MR' }\noptions = { perform_nms = true }"), "routing[0].options.perform_nms: unknown field `perform_nms`, expected one of `segmentation_model`, `perform_nsm`, `nsm_type`, `cartilage_smoothing`, `echo`, `plane`, `side`, `label_map`"),
         (rule("match = { modality = 'MR' }\noptions = { perform_nsm = 'yes' }"), "routing[0].options.perform_nsm: invalid type: string \"yes\", expected a boolean"),
         (rule("match = { modality = 'MR' }\noptions = { cartilage_smoothing = 3.0 }"), "routing[0].options.cartilage_smoothing: cartilage_smoothing must be between 0 and 2 (mm²), got 3"),
         (rule("match = { modality = 'MR' }\noptions = { segmentation_model = 'a b' }"), "routing[0].options.segmentation_model: segmentation_model \"a b\" is not a valid model name"),

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::label_map::LabelMap;
+use super::models::Side;
 use crate::volume::{Echo, Plane, Selection};
 
 /// Which neural shape model(s) to fit.
@@ -42,6 +43,11 @@ pub struct JobOptions {
     /// kneenode's addition for series that mix orientations: which plane to analyse.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plane: Option<Plane>,
+    /// kneenode's addition for models trained on one side only: which knee the image shows
+    /// (`"left"` or `"right"`), overriding the DICOM series' laterality. Unset: the laterality
+    /// the series states, else such a model tries both sides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub side: Option<Side>,
     /// kneenode's addition for research users: the input is an existing segmentation (a NIfTI
     /// or NRRD label volume), numbered as this map says. Segmentation is skipped; meshes,
     /// thickness and NSM run on the given labels. Unset: the input is an MR image.
@@ -58,6 +64,7 @@ impl Default for JobOptions {
             cartilage_smoothing: 0.3125,
             echo: None,
             plane: None,
+            side: None,
             label_map: None,
         }
     }
@@ -164,6 +171,17 @@ mod tests {
         assert_eq!(back.label_map, Some(map));
         assert!(!JobOptions::default().canonical_json().contains("label_map"));
         assert!(serde_json::from_str::<JobOptions>(r#"{"label_map": {"femurr": 5}}"#).is_err());
+    }
+
+    #[test]
+    fn a_side_travels_in_the_options_json() {
+        let o: JobOptions = serde_json::from_str(r#"{"side": "left"}"#).unwrap();
+        assert_eq!(o.side, Some(Side::Left));
+        let back: JobOptions = serde_json::from_str(&o.canonical_json()).unwrap();
+        assert_eq!(back.side, Some(Side::Left));
+        assert!(!JobOptions::default().canonical_json().contains("side"));
+        let err = serde_json::from_str::<JobOptions>(r#"{"side": "L"}"#).unwrap_err();
+        assert!(err.to_string().contains("left"), "{err}");
     }
 
     #[test]

@@ -12,12 +12,13 @@ use std::time::Instant;
 use tch::Device;
 
 use super::label_map::LabelMap;
-use super::models::Registry;
+use super::models::{Registry, Side};
 use super::nsm::{self, NsmError, NsmOptions, NsmResult};
 use super::postprocess::{fill_bone_holes, keep_largest_components};
 use super::segment::{segment, SegmentVolumeError};
 use super::shapes::{analyse_shapes, ShapeError, ShapeResults};
 use super::NsmType;
+use crate::volume::dicom_series::read_dicom_part;
 use crate::volume::{self, Selection, Volume, VolumeError};
 
 /// Receives progress: stage `step` of `total`, named.
@@ -42,6 +43,10 @@ pub struct RunOptions {
     pub tta: bool,
     /// For DICOM series of several echoes or orientations: the part to analyse.
     pub select: Selection,
+    /// The knee's side, overriding what a DICOM series states (Laterality). A model trained on
+    /// one side only needs it; `None` with no laterality in the input (a NIfTI file) makes such
+    /// a model try both sides (see [`segment`]).
+    pub side: Option<Side>,
     /// Build meshes and measure cartilage thickness, with this cartilage smoothing (Gaussian
     /// variance, mm²); `None` stops after the label files.
     pub shapes: Option<f64>,
@@ -142,16 +147,56 @@ pub fn prefix_of(input: &Path) -> String {
     name
 }
 
-/// Reads an image: the part `select` names of a DICOM folder (with the files it was made of),
-/// or a NIfTI / NRRD file (with no files).
-pub fn load_input(
-    input: &Path,
-    select: &Selection,
-) -> Result<(Volume<f32>, Vec<PathBuf>), VolumeError> {
+/// An input image as [`load_input`] read it.
+#[derive(Debug)]
+pub struct Input {
+    /// The image.
+    pub image: Volume<f32>,
+    /// For DICOM input: the files of its slices, in slice order; empty for a file.
+    pub sources: Vec<PathBuf>,
+    /// The knee's side as a DICOM series states it (Frame Laterality, Image Laterality or
+    /// Laterality); `None` for NIfTI and NRRD, which do not record it.
+    pub side: Option<Side>,
+}
+
+/// Reads an image: the part `select` names of a DICOM folder (with the files it was made of
+/// and the side they state), or a NIfTI / NRRD file (with neither).
+pub fn load_input(input: &Path, select: &Selection) -> Result<Input, VolumeError> {
     if input.is_dir() {
-        volume::read_dicom_selected(&volume::dicom_files(input)?, input, select)
+        let part = read_dicom_part(&volume::dicom_files(input)?, input, select)?;
+        Ok(Input {
+            image: part.volume,
+            sources: part.files,
+            side: part.side,
+        })
     } else {
-        Ok((volume::read_image(input)?, Vec::new()))
+        Ok(Input {
+            image: volume::read_image(input)?,
+            sources: Vec::new(),
+            side: None,
+        })
+    }
+}
+
+/// The knee's side for segmentation and where it came from: the option wins over the DICOM
+/// laterality, with a note when the two disagree.
+fn knee_side(option: Option<Side>, dicom: Option<Side>) -> (Option<Side>, Option<String>) {
+    match (option, dicom) {
+        (Some(o), Some(d)) if o != d => (
+            Some(o),
+            Some(format!(
+                "knee side {o}, as the side option says, although the DICOM series states {d}"
+            )),
+        ),
+        (Some(o), _) => (
+            Some(o),
+            Some(format!("knee side {o}, from the side option")),
+        ),
+        (None, Some(d)) => (
+            Some(d),
+            Some(format!("knee side {d}, from the DICOM series' laterality")),
+        ),
+        (None, None) => (None, None),
     }
 }
 
@@ -166,13 +211,18 @@ pub fn run(
 ) -> Result<RunOutput, RunError> {
     let mut stages = Stages::new(3, options, progress);
     stages.begin("loading");
-    let (image, sources) = load_input(input, &options.select).map_err(RunError::Input)?;
+    let Input {
+        image,
+        sources,
+        side: stated,
+    } = load_input(input, &options.select).map_err(RunError::Input)?;
     let spec = registry
         .spec(options.model.as_deref())
         .map_err(SegmentVolumeError::from)?;
+    let (side, side_note) = knee_side(options.side, stated);
 
     stages.begin("segmentation");
-    let segmentation = segment(registry, &spec, &image, options.device, options.tta)?;
+    let segmentation = segment(registry, &spec, &image, options.device, options.tta, side)?;
     let mut labels = segmentation.labels;
 
     stages.begin("post-processing");
@@ -190,6 +240,10 @@ pub fn run(
     output.sources = sources;
     output.model = Some((spec.manifest.name.clone(), spec.manifest.version.clone()));
     output.label_names = spec.manifest.labels.clone();
+    // Where the side came from matters only where a model used it.
+    if segmentation.side.is_some() {
+        output.notes.extend(side_note);
+    }
     output.notes.extend(segmentation.notes);
     Ok(output)
 }

@@ -414,6 +414,20 @@ pub fn segment_patch3d(
     tta: bool,
     cascade: Option<CascadeInput<'_>>,
 ) -> Result<Volume<u8>, SegmentVolumeError> {
+    patch3d_scored(image, spec, model, device, tta, cascade).map(|(labels, _)| labels)
+}
+
+/// [`segment_patch3d`], with the model's confidence: the mean of the highest class probability
+/// over the voxels (of the model grid) whose most probable class is not background, 0 when
+/// there are none. [`segment`] compares it between a knee taken as a left and as a right one.
+pub(crate) fn patch3d_scored(
+    image: &Volume<f32>,
+    spec: &ModelSpec,
+    model: &CModule,
+    device: Device,
+    tta: bool,
+    cascade: Option<CascadeInput<'_>>,
+) -> Result<(Volume<u8>, f64), SegmentVolumeError> {
     let m = &spec.manifest;
     let (Some(orientation), Some(spacing), Some(patch), Some(classes)) = (
         m.orientation.as_deref(),
@@ -467,6 +481,7 @@ pub fn segment_patch3d(
     }
     let probs = predict(model, &input, classes as i64, &window, device)?;
     drop(input);
+    let confidence = foreground_confidence(&probs).map_err(SegmentError::from)?;
     let n = dims.iter().product();
     let same_grid = target_dims == dims
         && (0..3).all(|a| (spacing[a] - g.spacing[a]).abs() <= 1e-6 * g.spacing[a]);
@@ -482,7 +497,26 @@ pub fn segment_patch3d(
         resampled_argmax(&probs, classes, target_dims, target, &g, dims, n)?
     };
     drop(probs);
-    Ok(back_to_source(&Volume::from_vec(dims, labels, g)?, image)?)
+    Ok((
+        back_to_source(&Volume::from_vec(dims, labels, g)?, image)?,
+        confidence,
+    ))
+}
+
+/// The mean over the voxels whose most probable class is not 0 of that class's probability, from
+/// class probabilities (classes, I, J, K); 0 when every voxel is background.
+fn foreground_confidence(probs: &Tensor) -> Result<f64, tch::TchError> {
+    let (top, class) = probs.f_max_dim(0, false)?;
+    let foreground = class.f_ne(0)?;
+    let n = foreground.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let sum = top
+        .f_mul(&foreground.f_to_kind(Kind::Float)?)?
+        .f_sum(Kind::Double)?
+        .f_double_value(&[])?;
+    Ok(sum / n as f64)
 }
 
 /// The extra input channels of a cascade's second stage (nnU-Net's `3d_cascade_fullres`): for

@@ -4,13 +4,19 @@
 //! Slice spacing comes from the positions, never from SliceThickness (which is the excitation
 //! thickness and often differs). Rescale slope and intercept are applied. Every transfer syntax
 //! the SCP accepts is read: uncompressed ones directly, JPEG, JPEG-LS, JPEG 2000 and RLE through
-//! dicom-pixeldata. Enhanced multi-frame objects are refused with a clear message for now.
+//! dicom-pixeldata. Enhanced multi-frame objects are read frame by frame (`super::enhanced`).
+//!
+//! The knee's side ([`Side`]) is read beside the pixels ([`read_dicom_part`]): a model trained
+//! on one side only needs it to mirror the other side's knees.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use dicom_core::PrimitiveValue;
 use dicom_dictionary_std::tags;
+use serde::{Deserialize, Serialize};
 
 use super::select::{Echo, Plane, Selection};
 use super::{Geometry, Volume, VolumeError};
@@ -28,7 +34,83 @@ pub(super) struct Slice {
     pub(super) rows: usize,
     pub(super) cols: usize,
     pub(super) echo: Option<i32>,
+    /// The side the slice states (Frame Laterality, Image Laterality or Laterality).
+    pub(super) laterality: Option<Side>,
     pub(super) pixels: Vec<f32>,
+}
+
+/// Which knee (or other paired body part) an image shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The patient's left.
+    Left,
+    /// The patient's right.
+    Right,
+}
+
+impl Side {
+    /// The other side.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Left => Side::Right,
+            Side::Right => Side::Left,
+        }
+    }
+
+    /// The side a DICOM laterality code names: `L` or `R`. `U` (unpaired), `B` (both), an
+    /// empty value or anything else names none.
+    pub fn from_dicom(code: &str) -> Option<Side> {
+        match code.trim_matches(|c: char| c == '\0' || c.is_whitespace()) {
+            "L" => Some(Side::Left),
+            "R" => Some(Side::Right),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Left => "left",
+            Side::Right => "right",
+        })
+    }
+}
+
+impl FromStr for Side {
+    type Err = String;
+
+    /// `left` or `right` (any case), as the `--side` flag and the `side` job option take it.
+    fn from_str(s: &str) -> Result<Side, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "left" => Ok(Side::Left),
+            "right" => Ok(Side::Right),
+            _ => Err(format!("side {s:?}: want left or right")),
+        }
+    }
+}
+
+/// The first of `tags` in `obj` that names a side (see [`Side::from_dicom`]).
+pub(super) fn stated_side(
+    obj: &dicom_object::InMemDicomObject,
+    tags: &[dicom_core::Tag],
+) -> Option<Side> {
+    tags.iter().find_map(|&t| {
+        obj.get(t)
+            .and_then(|e| e.to_str().ok())
+            .and_then(|v| Side::from_dicom(&v))
+    })
+}
+
+/// The side the slices of a volume state: the one side those that state any agree on; `None`
+/// when none states one, or when they disagree (then nothing can be trusted).
+fn side_of<'a>(slices: impl IntoIterator<Item = &'a Slice>) -> Option<Side> {
+    let sides: BTreeSet<Side> = slices.into_iter().filter_map(|s| s.laterality).collect();
+    match sides.len() {
+        1 => sides.into_iter().next(),
+        _ => None,
+    }
 }
 
 pub(super) fn series_error(dir: &Path, reason: impl Into<String>) -> VolumeError {
@@ -191,6 +273,8 @@ fn read_slice(obj: &dicom_object::DefaultDicomObject, path: &Path) -> Result<Sli
         rows,
         cols,
         echo: int(tags::ECHO_NUMBERS).and_then(|e| i32::try_from(e).ok()),
+        // Image Laterality is the image's own; Laterality is the series' (General Series).
+        laterality: stated_side(obj, &[tags::IMAGE_LATERALITY, tags::LATERALITY]),
         pixels: values[..n]
             .iter()
             .map(|&v| (v * slope + intercept) as f32)
@@ -342,6 +426,34 @@ pub fn read_dicom_series(paths: &[PathBuf], dir: &Path) -> Result<Volume<f32>, V
     read_dicom_selected(paths, dir, &Selection::default()).map(|(v, _)| v)
 }
 
+/// The part of a DICOM series that became a volume ([`read_dicom_part`]).
+#[derive(Debug)]
+pub struct DicomPart {
+    /// The volume.
+    pub volume: Volume<f32>,
+    /// The files of its slices, in slice order (for a root sum of squares, the lowest echo's).
+    pub files: Vec<PathBuf>,
+    /// The knee's side as its slices state it (Frame Laterality of an enhanced frame, else
+    /// Image Laterality, else Laterality); `None` when they state none or disagree.
+    pub side: Option<Side>,
+}
+
+/// Reads the part of the series that `select` names: [`read_dicom_selected`], with the side the
+/// slices state.
+pub fn read_dicom_part(
+    paths: &[PathBuf],
+    dir: &Path,
+    select: &Selection,
+) -> Result<DicomPart, VolumeError> {
+    let mut side = None;
+    let (volume, files) = read_selected(paths, dir, select, &mut side)?;
+    Ok(DicomPart {
+        volume,
+        files,
+        side,
+    })
+}
+
 type Groups = BTreeMap<(Vec<i64>, Option<i32>), Vec<Slice>>;
 
 fn normal_of(s: &Slice) -> [f64; 3] {
@@ -372,6 +484,16 @@ pub fn read_dicom_selected(
     paths: &[PathBuf],
     dir: &Path,
     select: &Selection,
+) -> Result<(Volume<f32>, Vec<PathBuf>), VolumeError> {
+    read_selected(paths, dir, select, &mut None)
+}
+
+/// [`read_dicom_selected`], setting `side` to the side the selected slices state.
+fn read_selected(
+    paths: &[PathBuf],
+    dir: &Path,
+    select: &Selection,
+    side: &mut Option<Side>,
 ) -> Result<(Volume<f32>, Vec<PathBuf>), VolumeError> {
     if paths.is_empty() {
         return Err(series_error(dir, "no DICOM files"));
@@ -421,6 +543,7 @@ pub fn read_dicom_selected(
                     format!("echoes can only be combined in one orientation; pick a plane ({all})"),
                 ));
             }
+            *side = side_of(groups.values().flatten());
             let mut stacks = groups
                 .into_values()
                 .map(|g| stack(g, dir))
@@ -445,6 +568,7 @@ pub fn read_dicom_selected(
         }
         _ => {}
     }
+    *side = side_of(groups.values().flatten());
     if groups.len() > 1 {
         return Err(series_error(
             dir,
@@ -554,4 +678,29 @@ fn stack(mut slices: Vec<Slice>, dir: &Path) -> Result<(Volume<f32>, Vec<PathBuf
         }
     }
     Ok((Volume::from_vec([cols, rows, nz], data, geometry)?, files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sides_read_from_dicom_codes_and_from_words() {
+        assert_eq!(Side::from_dicom("L"), Some(Side::Left));
+        assert_eq!(Side::from_dicom("R "), Some(Side::Right));
+        assert_eq!(Side::from_dicom("R\0"), Some(Side::Right));
+        for none in ["", "U", "B", "left", "l"] {
+            assert_eq!(Side::from_dicom(none), None, "{none:?}");
+        }
+        assert_eq!("Left".parse::<Side>(), Ok(Side::Left));
+        assert_eq!("right".parse::<Side>(), Ok(Side::Right));
+        assert!("R"
+            .parse::<Side>()
+            .unwrap_err()
+            .contains("want left or right"));
+        assert_eq!(Side::Left.to_string(), "left");
+        assert_eq!(Side::Left.other(), Side::Right);
+        let json: Side = serde_json::from_str("\"right\"").unwrap();
+        assert_eq!(json, Side::Right);
+    }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 
-use super::dicom_series::{array, floats, malformed, matrix, samples, Slice};
+use super::dicom_series::{array, floats, malformed, matrix, samples, stated_side, Slice};
 use super::VolumeError;
 
 /// The first item of sequence `seq` in the frame's own group, else in the shared group.
@@ -73,6 +73,8 @@ pub(super) fn frames(obj: &DefaultDicomObject, path: &Path) -> Result<Vec<Slice>
     let mut distinct: Vec<f64> = echo_times.iter().flatten().copied().collect();
     distinct.sort_by(f64::total_cmp);
     distinct.dedup_by(|a, b| (*a - *b).abs() < 1e-6);
+    // Image Laterality and Laterality of the instance, for frames whose Frame Anatomy says none.
+    let instance_side = stated_side(obj, &[tags::IMAGE_LATERALITY, tags::LATERALITY]);
     let mut slices = Vec::with_capacity(n_frames);
     for (i, f) in per_frame.iter().enumerate() {
         let at = |what: &str| malformed(path, format!("frame {}: no {what}", i + 1));
@@ -133,6 +135,9 @@ pub(super) fn frames(obj: &DefaultDicomObject, path: &Path) -> Result<Vec<Slice>
             rows,
             cols,
             echo,
+            laterality: group(Some(f), shared, tags::FRAME_ANATOMY_SEQUENCE)
+                .and_then(|a| stated_side(a, &[tags::FRAME_LATERALITY]))
+                .or(instance_side),
             pixels: values[i * n..(i + 1) * n]
                 .iter()
                 .map(|&v| (v * slope + intercept) as f32)

@@ -174,6 +174,7 @@ fn run_job_inner(dir: &Path) -> Result<Event, Failure> {
         device,
         tta: false,
         select: job.options.selection(),
+        side: job.options.side,
         shapes: Some(job.options.cartilage_smoothing),
         nsm: job.options.perform_nsm.then(|| NsmRun {
             nsm_type: job.options.nsm_type,

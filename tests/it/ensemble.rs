@@ -62,7 +62,7 @@ fn image() -> Volume<f32> {
 }
 
 fn run_model(registry: &Registry, spec: &ModelSpec) -> Result<Segmentation, SegmentVolumeError> {
-    segment(registry, spec, &image(), Device::Cpu, false)
+    segment(registry, spec, &image(), Device::Cpu, false, None)
 }
 
 fn segment_named(registry: &Registry, name: &str) -> Segmentation {
@@ -323,6 +323,7 @@ fn a_run_reports_the_ensemble_and_its_members() {
         device: Device::Cpu,
         tta: false,
         select: Selection::default(),
+        side: None,
         shapes: None,
         nsm: None,
     };

@@ -11,6 +11,7 @@ mod browser;
 mod cli;
 mod common;
 mod config;
+mod dice;
 mod dicom_checks;
 mod dispatch;
 mod ensemble;

@@ -119,3 +119,73 @@ fn on_the_model_grid_labels_are_the_plain_argmax() {
         "labels differ from the argmax"
     );
 }
+
+/// The knee's side comes out of the DICOM loading path beside the image: a classic series'
+/// Laterality, and for an enhanced instance its frames' Frame Laterality before the instance's
+/// own Laterality. An empty laterality, or a NIfTI file, says nothing.
+#[test]
+fn the_dicom_laterality_comes_with_the_image() {
+    use dicom_core::value::DataSetSequence;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::InMemDicomObject;
+    use kneenode::dicom::write::{write_mr_series, SeriesInfo};
+    use kneenode::dicom::write_enhanced::write_enhanced_mr;
+    use kneenode::phantom::{generate, PhantomParams};
+    use kneenode::pipeline::models::Side;
+    use kneenode::pipeline::run::load_input;
+    use kneenode::volume::Selection;
+
+    let dir = tempfile::tempdir().unwrap();
+    let phantom = generate(&PhantomParams {
+        dims: [16, 16, 6],
+        ..PhantomParams::small(3)
+    });
+    let info = |laterality: &str| SeriesInfo {
+        laterality: laterality.into(),
+        ..Default::default()
+    };
+    write_mr_series(&phantom.image, &info("L"), &dir.path().join("left")).unwrap();
+    write_mr_series(&phantom.image, &info(""), &dir.path().join("unstated")).unwrap();
+    let enhanced = dir.path().join("enhanced/e.dcm");
+    write_enhanced_mr(&[&phantom.image], &info("L"), &enhanced).unwrap();
+    // The same instance with Frame Anatomy in the shared functional groups saying "right".
+    let mut obj = dicom_object::open_file(&enhanced).unwrap();
+    let mut shared = obj
+        .element(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0]
+        .clone();
+    let mut anatomy = InMemDicomObject::new_empty();
+    anatomy.put(DataElement::new(
+        tags::FRAME_LATERALITY,
+        VR::CS,
+        PrimitiveValue::from("R"),
+    ));
+    shared.put(DataElement::new(
+        tags::FRAME_ANATOMY_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(vec![anatomy]),
+    ));
+    obj.put(DataElement::new(
+        tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(vec![shared]),
+    ));
+    std::fs::create_dir_all(dir.path().join("framed")).unwrap();
+    obj.write_to_file(dir.path().join("framed/e.dcm")).unwrap();
+    let nifti = dir.path().join("image.nii.gz");
+    kneenode::volume::write_nifti(&nifti, &phantom.image).unwrap();
+
+    let side = |input: &std::path::Path| {
+        let loaded = load_input(input, &Selection::default()).unwrap();
+        assert_eq!(loaded.image.dims(), [16, 16, 6]);
+        loaded.side
+    };
+    assert_eq!(side(&dir.path().join("left")), Some(Side::Left));
+    assert_eq!(side(&dir.path().join("unstated")), None);
+    assert_eq!(side(&dir.path().join("enhanced")), Some(Side::Left));
+    assert_eq!(side(&dir.path().join("framed")), Some(Side::Right));
+    assert_eq!(side(&nifti), None);
+}

@@ -41,8 +41,8 @@ pub(super) fn check_kind(m: &Manifest) -> Result<(), String> {
         .into_iter()
         .filter_map(|(k, m)| m.then_some(k))
         .collect();
+    let article = if kind == "ensemble" { "an" } else { "a" };
     if !missing.is_empty() {
-        let article = if kind == "ensemble" { "an" } else { "a" };
         return Err(format!(
             "{article} {kind} model needs {}",
             missing.join(", ")
@@ -75,18 +75,21 @@ pub(super) fn check_kind(m: &Manifest) -> Result<(), String> {
             "trust",
             !m.trust.is_empty() && m.kind != ModelKind::Ensemble,
         ),
+        // An ensemble's members each say their own side.
+        ("side", m.side.is_some() && m.kind == ModelKind::Ensemble),
     ]
     .into_iter()
     .filter_map(|(k, m)| m.then_some(k))
     .collect();
     if !misplaced.is_empty() {
         return Err(format!(
-            "{} not used by a {kind} model",
+            "{} not used by {article} {kind} model",
             misplaced.join(", ")
         ));
     }
     if let Some(o) = &m.orientation {
         check_orientation(o)?;
+        check_side_mirror(m, o)?;
     }
     match m.kind {
         ModelKind::Patch3d => {
@@ -141,6 +144,22 @@ pub(super) fn check_kind(m: &Manifest) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A one-sided model cannot mirror along its left–right axis for test-time augmentation: the
+/// mirrored copy would be a knee of the side it was not trained on.
+fn check_side_mirror(m: &Manifest, orientation: &str) -> Result<(), String> {
+    let Some(side) = m.side else { return Ok(()) };
+    let lr = orientation
+        .chars()
+        .position(|c| matches!(c.to_ascii_uppercase(), 'L' | 'R'));
+    match lr {
+        Some(axis) if m.mirror_axes.contains(&axis) => Err(format!(
+            "mirror axis {axis} is the left–right axis of {orientation}, but the model knows only \
+             {side} knees (side = \"{side}\")"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// An orientation code names each patient axis once: one of L/R, one of P/A, one of S/I.

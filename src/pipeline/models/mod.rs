@@ -6,6 +6,10 @@
 //! found out when a job asks for the model, and the job ends with MODEL_ERROR while the node
 //! keeps running.
 //!
+//! A segmentation model trained on knees of one side only says so with `side = "right"` (or
+//! `"left"`); [`segment`](super::ensemble::segment) then mirrors a knee of the other side
+//! before the model sees it and mirrors the labels back.
+//!
 //! Neural shape models (kind `nsm`, /tmp/nsm/CONTRACT.md) add `latent_size`, `surfaces` (the
 //! decoder's SDF columns, e.g. `["femur", "femoral_cartilage"]`) and a `[bscore.<nsm_type>]`
 //! table per NSM type (`vector`, `mean_healthy`, `std_healthy`). The registry's optional
@@ -16,6 +20,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use crate::volume::dicom_series::Side;
 
 mod check;
 use check::{check_kind, check_nsm};
@@ -106,6 +112,11 @@ pub struct Manifest {
     /// Axes safe for mirroring test-time augmentation.
     #[serde(default)]
     pub mirror_axes: Vec<usize>,
+    /// patch3d, slice2d: the network was trained on knees of this side only (`"right"` or
+    /// `"left"`). A knee of the other side is mirrored across the patient's left–right axis
+    /// before segmentation and its labels are mirrored back (with no medial/lateral swap: a
+    /// mirrored left knee is a right knee). Unset: the model takes either side as it is.
+    pub side: Option<Side>,
     /// Where the weights came from.
     pub trained_on: Option<String>,
     /// Output index → tissue name.
@@ -349,7 +360,8 @@ impl Registry {
     /// registered patch3d or slice2d models with no more classes than the ensemble; a cascade's
     /// low-res model must be a registered patch3d model that is not itself a cascade, with
     /// `num_classes` equal to the full-res model's `in_channels` (the image plus one one-hot
-    /// channel per foreground label).
+    /// channel per foreground label), and with no `side` other than the full-res model's (both
+    /// stages see the same, possibly mirrored, image).
     pub fn check_references(&self, spec: &ModelSpec) -> Result<(), ModelError> {
         let m = &spec.manifest;
         let fail = |reason: String| ModelError::Composition {
@@ -387,6 +399,15 @@ impl Registry {
             if s.manifest.kind != ModelKind::Patch3d || s.manifest.cascade.is_some() {
                 return Err(fail(format!(
                     "the cascade's low-res model {low:?} must be a plain patch3d model"
+                )));
+            }
+            if let Some(low_side) = s.manifest.side.filter(|&l| Some(l) != m.side) {
+                return Err(fail(format!(
+                    "the cascade's low-res model {low:?} has side = \"{low_side}\" and the \
+                     full-res model {}; both stages segment the same (possibly mirrored) image, so \
+                     their sides must agree",
+                    m.side
+                        .map_or("none".to_owned(), |s| format!("side = \"{s}\""))
                 )));
             }
             let low_classes = s.manifest.num_classes.unwrap_or(0);

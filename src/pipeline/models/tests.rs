@@ -214,3 +214,56 @@ fn ensembles_and_cascades_must_name_models_that_fit() {
         .collect();
     assert!(checks["nested"] && checks["many"] && !checks["good"]);
 }
+
+#[test]
+fn a_side_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry_of(
+        dir.path(),
+        &[
+            ("right", &format!("{PATCH}side = \"right\"\n")),
+            ("left2d", &format!("{SLICE}side = \"left\"\n")),
+            ("both", &format!("{PATCH}side = \"both\"\n")),
+            // PIR: axis 2 runs left–right, axis 0 does not.
+            ("tta_lr", &format!("{PATCH}side = \"right\"\nmirror_axes = [2]\n")),
+            ("tta_ap", &format!("{PATCH}side = \"right\"\nmirror_axes = [0]\n")),
+            ("ens", "kind = \"ensemble\"\nnum_classes = 4\nmembers = [\"right\"]\nfusion = \"staple\"\nside = \"right\"\n"),
+            ("cas_ok", &format!("{PATCH}cascade = \"right\"\nin_channels = 4\nside = \"right\"\n")),
+            ("cas_bad", &format!("{PATCH}cascade = \"right\"\nin_channels = 4\nside = \"left\"\n")),
+            ("cas_none", &format!("{PATCH}cascade = \"right\"\nin_channels = 4\n")),
+        ],
+    );
+    assert_eq!(
+        registry.spec(Some("right")).unwrap().manifest.side,
+        Some(Side::Right)
+    );
+    assert_eq!(
+        registry.spec(Some("left2d")).unwrap().manifest.side,
+        Some(Side::Left)
+    );
+    let e = error(&registry, "both");
+    assert!(
+        e.contains("both") && e.contains("right") && e.contains("left"),
+        "{e}"
+    );
+    let e = error(&registry, "tta_lr");
+    assert!(
+        e.contains("mirror axis 2 is the left–right axis of PIR"),
+        "{e}"
+    );
+    registry
+        .check_references(&registry.spec(Some("tta_ap")).unwrap())
+        .unwrap();
+    let e = error(&registry, "ens");
+    assert!(e.contains("side not used by an ensemble model"), "{e}");
+    registry
+        .check_references(&registry.spec(Some("cas_ok")).unwrap())
+        .unwrap();
+    let e = error(&registry, "cas_bad");
+    assert!(
+        e.contains("\"right\" has side = \"right\" and the full-res model side = \"left\""),
+        "{e}"
+    );
+    let e = error(&registry, "cas_none");
+    assert!(e.contains("and the full-res model none"), "{e}");
+}
