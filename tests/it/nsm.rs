@@ -156,13 +156,23 @@ fn nsm_latent_fit_recovers_a_known_latent() {
     let b = spec.manifest.bscore.clone().unwrap().bone_and_cart.unwrap();
     let latent: Vec<f64> = fitted.latent.iter().map(|&x| f64::from(x)).collect();
     let error = (b.score(&latent) - known_bscore).abs();
+    // The surfaces of the fitted latent against the ones it was fitted to, in mm (the test's
+    // decoder-to-mm pose and scale).
+    let (fit_bone, fit_cart) = decoded(&decoder, &fitted.latent);
+    let assd_bone = assd(&to_mm(&fit_bone), &to_mm(&bone));
+    let assd_cart = assd(&to_mm(&fit_cart), &to_mm(&cart));
     eprintln!(
-        "latent fit in the decoder's frame: {} steps, loss {:.6}, {:.1} s, |ΔBScore| {error:.4}",
+        "latent fit in the decoder's frame: {} steps, loss {:.6}, {:.1} s, |ΔBScore| {error:.4}, \
+         ASSD femur {assd_bone:.3} mm, cartilage {assd_cart:.3} mm",
         fitted.steps,
         fitted.best_loss,
         started.elapsed().as_secs_f64()
     );
     assert!(error < 0.1, "{error}");
+    assert!(
+        assd_bone < 0.5 && assd_cart < 0.5,
+        "{assd_bone} {assd_cart}"
+    );
 }
 
 /// The whole pipeline (normalise, ICP onto the mean shape, fit, reconstruct, back to mm) on
