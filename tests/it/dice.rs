@@ -84,7 +84,6 @@ fn dice(pred: &Path, truth: &Path) -> [f64; 10] {
 
 /// About 40 s a phantom in a debug build on 2 CPU cores: the phantom, then `kneenode run`.
 #[test]
-#[ignore = "demo model below target: the committed v1 (no side) scores tibial cartilage 0.00-0.79, menisci 0.00-0.70, patellar cartilage 0.85-0.89 on seeds 1001-1005 (bones 0.97-0.99); retrain with tools/train_demo.py"]
 fn the_demo_model_reaches_the_dice_target_on_held_out_phantoms() {
     let registry = Registry::load(Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
