@@ -3,7 +3,7 @@
 //! test-time augmentation, autocast on CUDA, and softmax accumulated in one preallocated buffer.
 //!
 //! This module runs `patch3d` models, the second stage of a cascade included
-//! ([`segment_patch3d`]); [`segment`] (from [`super::ensemble`]) is the entry point for every
+//! ([`patch3d_scored`]); [`segment`] (from [`super::ensemble`]) is the entry point for every
 //! kind, and [`super::slice2d`] runs 2D models.
 
 use tch::{CModule, Device, Kind, Tensor};
@@ -400,24 +400,13 @@ pub fn segment_volume(
     device: Device,
     tta: bool,
 ) -> Result<Volume<u8>, SegmentVolumeError> {
-    segment_patch3d(image, spec, model, device, tta, None)
+    patch3d_scored(image, spec, model, device, tta, None).map(|(labels, _)| labels)
 }
 
-/// [`segment_volume`] for either stage of a cascade: with `cascade`, the model's input is the
-/// normalised image followed by the one-hot channels of the first stage's labels (see
-/// [`cascade_channels`]), and `in_channels` must be `1 + (cascade.num_classes − 1)`.
-pub fn segment_patch3d(
-    image: &Volume<f32>,
-    spec: &ModelSpec,
-    model: &CModule,
-    device: Device,
-    tta: bool,
-    cascade: Option<CascadeInput<'_>>,
-) -> Result<Volume<u8>, SegmentVolumeError> {
-    patch3d_scored(image, spec, model, device, tta, cascade).map(|(labels, _)| labels)
-}
-
-/// [`segment_patch3d`], with the model's confidence: the mean of the highest class probability
+/// A patch3d model on either stage of a cascade (with `cascade`, the model's input is the
+/// normalised image followed by the one-hot channels of the first stage's labels, see
+/// [`cascade_channels`], and `in_channels` must be `1 + (cascade.num_classes − 1)`), with the
+/// model's confidence: the mean of the highest class probability
 /// over the voxels (of the model grid) whose most probable class is not background, 0 when
 /// there are none. [`segment`] compares it between a knee taken as a left and as a right one.
 pub(crate) fn patch3d_scored(
