@@ -14,7 +14,7 @@ diesel::table! {
         revision -> Integer,
         path -> Text,
         size_bytes -> BigInt,
-        sha256 -> Text,
+        content_hash -> Text,
         calling_ae -> Text,
         called_ae -> Text,
         peer -> Text,

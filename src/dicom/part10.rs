@@ -15,6 +15,8 @@ pub struct FileMeta {
     pub sop_instance: String,
     /// Transfer syntax of the dataset.
     pub transfer_syntax: String,
+    /// Source Application Entity Title: for files the SCP wrote, the calling AE that sent it.
+    pub source_ae: Option<String>,
     /// Byte offset where the dataset starts.
     pub dataset_offset: u64,
 }
@@ -104,6 +106,7 @@ pub fn read_header(r: &mut impl Read) -> io::Result<FileMeta> {
     let mut group = vec![0u8; len];
     r.read_exact(&mut group)?;
     let (mut sop_class, mut sop_instance, mut transfer_syntax) = (None, None, None);
+    let mut source_ae = None;
     let mut at = 0usize;
     while at + 8 <= group.len() {
         let elem = u16::from_le_bytes([group[at + 2], group[at + 3]]);
@@ -130,6 +133,10 @@ pub fn read_header(r: &mut impl Read) -> io::Result<FileMeta> {
             0x0002 => sop_class = Some(text()),
             0x0003 => sop_instance = Some(text()),
             0x0010 => transfer_syntax = Some(text()),
+            0x0016 => {
+                source_ae = Some(String::from_utf8_lossy(value).trim().to_owned())
+                    .filter(|s| !s.is_empty());
+            }
             _ => {}
         }
         at = start + vlen;
@@ -138,6 +145,7 @@ pub fn read_header(r: &mut impl Read) -> io::Result<FileMeta> {
         sop_class: sop_class.ok_or_else(|| invalid("no Media Storage SOP Class UID"))?,
         sop_instance: sop_instance.ok_or_else(|| invalid("no Media Storage SOP Instance UID"))?,
         transfer_syntax: transfer_syntax.ok_or_else(|| invalid("no Transfer Syntax UID"))?,
+        source_ae,
         dataset_offset: (132 + 12 + len) as u64,
     })
 }
@@ -163,5 +171,6 @@ mod tests {
         assert_eq!(meta.sop_instance, "1.2.3.4.5");
         assert_eq!(meta.transfer_syntax, "1.2.840.10008.1.2.1");
         assert_eq!(meta.dataset_offset, n);
+        assert_eq!(meta.source_ae.as_deref(), Some("PACS"));
     }
 }

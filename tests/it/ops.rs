@@ -114,7 +114,7 @@ mod retention {
                 instances::revision.eq(1),
                 instances::path.eq(dir.join("1.dcm").to_string_lossy().into_owned()),
                 instances::size_bytes.eq(1000i64),
-                instances::sha256.eq("00"),
+                instances::content_hash.eq("blake3:00"),
                 instances::calling_ae.eq("MOD"),
                 instances::called_ae.eq("KNEENODE"),
                 instances::peer.eq("127.0.0.1:1"),

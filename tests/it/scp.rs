@@ -516,3 +516,97 @@ fn sigterm_stops_accepting_finishes_in_flight_work_and_exits_0() {
     // After SIGTERM nothing new is accepted.
     assert!(!echoscu(node.addr, "LATE"));
 }
+
+#[test]
+fn rows_a_power_loss_rolls_back_are_recorded_again_from_the_files_at_start() {
+    use kneenode::db::schema::series;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let cfg = config(&storage, "");
+    let node = NodeProcess::start(dir.path(), &cfg);
+    let a = mr_series(&dir.path().join("a"), 12, 32);
+    let b = mr_series(&dir.path().join("b"), 6, 32);
+    for files in [&a, &b] {
+        assert!(storescu(node.addr, "MODALITY", &[], files).status.success());
+    }
+    drop(node);
+    let db = Db::open(
+        &format!("sqlite://{}", storage.join("kneenode.sqlite").display()),
+        1,
+    )
+    .unwrap();
+    type Rows = Vec<(String, String, String, String, i32, i64)>;
+    let rows = || -> Rows {
+        instances::table
+            .select((
+                instances::sop_instance_uid,
+                instances::path,
+                instances::content_hash,
+                instances::calling_ae,
+                instances::revision,
+                instances::size_bytes,
+            ))
+            .order(instances::sop_instance_uid)
+            .load(&mut *db.conn().unwrap())
+            .unwrap()
+    };
+    let before = rows();
+    assert_eq!(before.len(), 18);
+
+    // What SQLite at synchronous = NORMAL may do on power loss: roll back the last commits.
+    // Here: four instances of series A (rows and counts), and series B altogether.
+    let (uid_a, uid_b) = (files_series_uid(&a[0]), files_series_uid(&b[0]));
+    {
+        let mut c = db.conn().unwrap();
+        let lost: Vec<i64> = instances::table
+            .filter(instances::series_instance_uid.eq(&uid_a))
+            .select(instances::id)
+            .limit(4)
+            .load(&mut *c)
+            .unwrap();
+        diesel::delete(instances::table.filter(instances::id.eq_any(&lost)))
+            .execute(&mut *c)
+            .unwrap();
+        diesel::update(series::table.filter(series::series_instance_uid.eq(&uid_a)))
+            .set(series::instance_count.eq(series::instance_count - 4))
+            .execute(&mut *c)
+            .unwrap();
+        diesel::delete(instances::table.filter(instances::series_instance_uid.eq(&uid_b)))
+            .execute(&mut *c)
+            .unwrap();
+        diesel::delete(series::table.filter(series::series_instance_uid.eq(&uid_b)))
+            .execute(&mut *c)
+            .unwrap();
+    }
+    assert_eq!(rows().len(), 8);
+
+    let node = NodeProcess::start(dir.path(), &cfg);
+    assert_eq!(
+        rows(),
+        before,
+        "every stored file has its row back, hash, AE and size included"
+    );
+    let counts: Vec<(String, i32)> = series::table
+        .select((series::series_instance_uid, series::instance_count))
+        .load(&mut *db.conn().unwrap())
+        .unwrap();
+    assert!(counts.contains(&(uid_a, 12)), "{counts:?}");
+    assert!(counts.contains(&(uid_b, 6)), "{counts:?}");
+    let recovered: i64 = instances::table
+        .filter(instances::association_id.eq(kneenode::dicom::store::RECOVERED))
+        .count()
+        .get_result(&mut *db.conn().unwrap())
+        .unwrap();
+    assert_eq!(recovered, 10);
+    assert!(
+        node.log().contains("recorded=10"),
+        "the recovery is logged:\n{}",
+        node.log()
+    );
+    // A second start finds nothing to do.
+    drop(node);
+    let node = NodeProcess::start(dir.path(), &cfg);
+    assert_eq!(rows(), before);
+    assert!(!node.log().contains("recorded="), "{}", node.log());
+    assert!(echoscu(node.addr, "AFTER"));
+}

@@ -1,28 +1,36 @@
-//! Group commit: one thread places and records the instances of every association, a batch at
-//! a time.
+//! Group commit: the instances of every association are placed and recorded a batch at a time.
 //!
 //! Each association's blocking task has already fsynced its temp file and parsed it; it hands
-//! the instance to [`Committer::commit`] and waits for the outcome. The committer takes
-//! whatever is waiting (up to [`MAX_BATCH`]) and, in one database transaction, renames each
-//! file into its series folder and inserts its rows (each instance in its own savepoint, so
-//! one failure does not sink the others); then it fsyncs each folder that received a file once,
-//! commits, and only then answers. Nothing is acknowledged before its file, its directory entry
-//! and its row are durable, exactly as when each instance was committed alone; a batch that
-//! cannot commit removes the files it placed and every instance in it is refused (the peers
-//! resend).
+//! the instance to [`Committer::commit`] and waits for the outcome. Whoever arrives while no
+//! batch is being committed becomes the leader: it takes whatever is waiting (up to
+//! [`MAX_BATCH`], its own instance first) and, in one database transaction, renames each file
+//! into its series folder and inserts its rows; then it fsyncs each folder that received a file
+//! once, commits, hands out the outcomes, and passes the lead on to a waiting thread once its
+//! own instance is done. Nothing is acknowledged before its file, its directory entry and its
+//! row are durable, exactly as when each instance was committed alone; a batch that cannot
+//! commit removes the files it placed and every instance in it is refused (the peers resend).
 //!
-//! Under load this turns N directory fsyncs and N commits into one each, and it removes the
-//! queue of writers polling SQLite's lock; with one association it costs a channel hop.
+//! Under load this turns N directory fsyncs and N commits into one each and removes the queue
+//! of writers polling SQLite's lock; with one association the instance is committed by the
+//! thread that received it, without a hand-over to another thread.
+//!
+//! A batch is first tried without savepoints (two statements less per instance). If any
+//! instance fails, the transaction is rolled back, the files go back to their temp names, and
+//! the batch is done again with a savepoint per instance, so that one failure (or a unique-key
+//! race, retried once) does not sink the others.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use chrono::Utc;
 use diesel::prelude::*;
 
-use super::{create_dir_durable, record, refused, Header, Incoming, Outcome, Sender, StoreError};
+use super::{
+    create_dir_durable, record, refused, same_dataset, Header, Incoming, Outcome, Row, Sender,
+    StoreError, HASH_PREFIX,
+};
 use crate::db::schema::instances;
 use crate::db::{Db, DbConnection};
 use crate::dicom::dimse::status;
@@ -36,88 +44,157 @@ pub(super) struct Pending {
     pub incoming: Incoming,
     /// Its header attributes.
     pub header: Header,
-    /// SHA-256 of the dataset bytes, hex.
-    pub sha: String,
+    /// `instances.content_hash` of the dataset bytes.
+    pub hash: String,
     /// Who sent it.
     pub sender: Sender,
 }
 
-struct Request {
-    pending: Pending,
-    reply: mpsc::SyncSender<Outcome>,
+/// The waiting instances and the outcomes not yet collected.
+#[derive(Default)]
+struct State {
+    queue: Vec<(u64, Pending)>,
+    outcomes: HashMap<u64, Outcome>,
+    leading: bool,
+    next_ticket: u64,
 }
 
-/// The committer thread's mailbox. Dropping the last handle ends the thread.
-#[derive(Debug)]
+/// The store's group committer, shared by every association.
 pub(super) struct Committer {
-    tx: mpsc::Sender<Request>,
+    db: Db,
+    incoming: PathBuf,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer")
+            .field("incoming", &self.incoming)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Gives the lead back if a batch panics, and refuses that batch's instances, so that the
+/// other associations do not wait forever.
+struct Lead<'a> {
+    committer: &'a Committer,
+    tickets: Vec<u64>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut st = self.committer.lock();
+        for t in self.tickets.drain(..) {
+            st.outcomes.insert(
+                t,
+                refused(
+                    status::PROCESSING_FAILURE,
+                    "the store failed while recording the instance",
+                ),
+            );
+        }
+        st.leading = false;
+        self.committer.changed.notify_all();
+    }
 }
 
 impl Committer {
-    /// Starts the committer thread for the store rooted at `incoming`.
-    pub fn start(db: Db, incoming: PathBuf) -> std::io::Result<Committer> {
-        let (tx, rx) = mpsc::channel::<Request>();
-        std::thread::Builder::new()
-            .name("store-commit".into())
-            .spawn(move || run(&db, &incoming, &rx))?;
-        Ok(Committer { tx })
+    /// A committer for the store rooted at `incoming`.
+    pub fn new(db: Db, incoming: PathBuf) -> Committer {
+        Committer {
+            db,
+            incoming,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Places and records one instance; blocks until its batch is committed.
     pub fn commit(&self, pending: Pending) -> Outcome {
-        let (reply, answer) = mpsc::sync_channel(1);
-        if self.tx.send(Request { pending, reply }).is_err() {
-            return refused(
-                status::PROCESSING_FAILURE,
-                "the store's committer has stopped",
-            );
-        }
-        answer.recv().unwrap_or_else(|_| {
-            refused(
-                status::PROCESSING_FAILURE,
-                "the store's committer failed while recording the instance",
-            )
-        })
-    }
-}
-
-fn run(db: &Db, incoming: &Path, rx: &mpsc::Receiver<Request>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        let mut st = self.lock();
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.queue.push((ticket, pending));
+        loop {
+            if let Some(outcome) = st.outcomes.remove(&ticket) {
+                return outcome;
             }
-        }
-        let mut pendings: Vec<Pending> = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        for r in batch {
-            pendings.push(r.pending);
-            replies.push(r.reply);
-        }
-        let outcomes = commit_batch(db, incoming, &mut pendings);
-        // The temp files of refused and duplicate instances go when `pendings` drops.
-        drop(pendings);
-        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-            // A peer that went away meanwhile: its instance is stored all the same.
-            drop(reply.send(outcome));
+            if st.leading {
+                st = self
+                    .changed
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            // Lead: commit batches until this thread's own instance is done, then hand over.
+            st.leading = true;
+            while !st.outcomes.contains_key(&ticket) {
+                let take = st.queue.len().min(MAX_BATCH);
+                let (tickets, mut batch): (Vec<u64>, Vec<Pending>) = st.queue.drain(..take).unzip();
+                drop(st);
+                let lead = Lead {
+                    committer: self,
+                    tickets,
+                };
+                let outcomes = commit_batch(&self.db, &self.incoming, &mut batch);
+                // The temp files of refused and duplicate instances go with `batch`.
+                drop(batch);
+                st = self.lock();
+                for (t, o) in lead.tickets.iter().zip(outcomes) {
+                    st.outcomes.insert(*t, o);
+                }
+                drop(lead);
+                self.changed.notify_all();
+            }
+            st.leading = false;
+            // Anyone still queued needs a leader: wake them.
+            self.changed.notify_all();
         }
     }
 }
 
-/// One transaction for the batch; returns one outcome per instance, in order.
+/// Commits a batch; returns one outcome per instance, in order.
 fn commit_batch(db: &Db, incoming: &Path, batch: &mut [Pending]) -> Vec<Outcome> {
-    let n = batch.len();
-    let fail_all = |reason: String| -> Vec<Outcome> {
-        (0..n)
-            .map(|_| refused(status::PROCESSING_FAILURE, reason.clone()))
-            .collect()
-    };
     let mut conn = match db.conn() {
         Ok(c) => c,
-        Err(e) => return fail_all(e.to_string()),
+        Err(e) => return fail_all(batch.len(), &e.to_string()),
     };
+    if batch.len() > 1 {
+        match try_batch(&mut conn, incoming, batch, false) {
+            Ok(outcomes) => return outcomes,
+            Err(e) => {
+                tracing::debug!(error = %e, "batch without savepoints failed; redoing it instance by instance")
+            }
+        }
+    }
+    try_batch(&mut conn, incoming, batch, true)
+        .unwrap_or_else(|e| fail_all(batch.len(), &format!("recording the instance failed: {e}")))
+}
+
+fn fail_all(n: usize, reason: &str) -> Vec<Outcome> {
+    (0..n)
+        .map(|_| refused(status::PROCESSING_FAILURE, reason))
+        .collect()
+}
+
+/// One transaction for the batch. With `savepoints`, each instance is placed in a savepoint of
+/// its own and a failure becomes that instance's refusal; without, the first failure rolls the
+/// whole batch back. Either way, when the transaction does not commit, every file it placed is
+/// back at its temp name (not recorded, not acknowledged) and the error is returned.
+fn try_batch(
+    conn: &mut DbConnection,
+    incoming: &Path,
+    batch: &mut [Pending],
+    savepoints: bool,
+) -> Result<Vec<Outcome>, StoreError> {
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
     let mut dirs = BTreeSet::new();
     let committed = conn.transaction::<_, StoreError, _>(|c| {
@@ -128,13 +205,16 @@ fn commit_batch(db: &Db, incoming: &Path, batch: &mut [Pending]) -> Vec<Outcome>
         // PostgreSQL it is a no-op.)
         diesel::sql_query("UPDATE instances SET revision = revision WHERE 1 = 0").execute(c)?;
         for p in batch.iter_mut() {
-            let mut result = place(c, incoming, p, &mut dirs);
-            if result.as_ref().is_err_and(StoreError::is_unique_violation) {
-                result = place(c, incoming, p, &mut dirs);
-            }
-            outcomes.push(
-                result.unwrap_or_else(|e| refused(status::PROCESSING_FAILURE, e.to_string())),
-            );
+            let outcome = if savepoints {
+                let mut result = c.transaction(|c| place(c, incoming, p, &mut dirs));
+                if result.as_ref().is_err_and(StoreError::is_unique_violation) {
+                    result = c.transaction(|c| place(c, incoming, p, &mut dirs));
+                }
+                result.unwrap_or_else(|e| refused(status::PROCESSING_FAILURE, e.to_string()))
+            } else {
+                place(c, incoming, p, &mut dirs)?
+            };
+            outcomes.push(outcome);
         }
         for dir in &dirs {
             File::open(dir)?.sync_all()?;
@@ -142,21 +222,26 @@ fn commit_batch(db: &Db, incoming: &Path, batch: &mut [Pending]) -> Vec<Outcome>
         Ok(())
     });
     match committed {
-        Ok(()) => outcomes,
+        Ok(()) => Ok(outcomes),
         Err(e) => {
             // Keep the disk and the table in step: nothing of this batch was recorded.
-            for o in &outcomes {
+            for (p, o) in batch.iter_mut().zip(&outcomes) {
                 if let Outcome::Stored { path, .. } = o {
-                    drop(fs::remove_file(path));
+                    if fs::rename(path, &p.incoming.path).is_ok() {
+                        p.incoming.placed = false;
+                    } else {
+                        drop(fs::remove_file(path));
+                    }
                 }
             }
-            fail_all(format!("recording the instance failed: {e}"))
+            Err(e)
         }
     }
 }
 
-/// Renames one instance into its series folder and records it, in a savepoint of the batch's
-/// transaction. The folder is added to `dirs` for the batch's directory fsyncs.
+/// Renames one instance into its series folder and records it, in the batch's transaction. The
+/// folder is added to `dirs` for the batch's directory fsyncs. On an error the file is back at
+/// its temp name.
 fn place(
     conn: &mut DbConnection,
     incoming: &Path,
@@ -164,50 +249,218 @@ fn place(
     dirs: &mut BTreeSet<PathBuf>,
 ) -> Result<Outcome, StoreError> {
     let h = &p.header;
-    conn.transaction::<_, StoreError, _>(|c| {
-        // Rows of earlier instances of this batch are visible here: same transaction.
-        let existing: Vec<(i32, String)> = instances::table
-            .filter(instances::sop_instance_uid.eq(&h.sop_instance))
-            .select((instances::revision, instances::sha256))
-            .load(c)?;
-        if existing.iter().any(|(_, s)| *s == p.sha) {
-            return Ok(Outcome::Duplicate);
-        }
-        let revision = existing.iter().map(|(r, _)| *r).max().unwrap_or(0) + 1;
-        if revision > 1 {
-            tracing::warn!(
-                sop_instance = %h.sop_instance,
-                revision,
-                "an instance with this SOP Instance UID but different content arrived; kept as a new revision"
-            );
-        }
-        let dir = incoming.join(&h.study_uid).join(&h.series_uid);
-        create_dir_durable(&dir)?;
-        let name = if revision == 1 {
-            format!("{}.dcm", h.sop_instance)
+    // Rows of earlier instances of this batch are visible here: same transaction.
+    let existing: Vec<(i32, String, String)> = instances::table
+        .filter(instances::sop_instance_uid.eq(&h.sop_instance))
+        .select((
+            instances::revision,
+            instances::content_hash,
+            instances::path,
+        ))
+        .load(conn)?;
+    let same = |(_, hash, path): &(i32, String, String)| {
+        if hash.starts_with(HASH_PREFIX) {
+            *hash == p.hash
         } else {
-            format!("{}.r{revision}.dcm", h.sop_instance)
-        };
-        let path = dir.join(name);
-        fs::rename(&p.incoming.path, &path)?;
-        p.incoming.placed = true;
-        let size = i64::try_from(fs::metadata(&path)?.len()).unwrap_or(i64::MAX);
-        let now = Utc::now().naive_utc();
-        // On an error the savepoint is rolled back with the rows `record` wrote.
-        if let Err(e) = record(c, h, &p.sha, revision, &path, size, now, &p.incoming, &p.sender) {
-            // Back where it came from, so that a retry finds it and a refusal removes it.
-            if fs::rename(&path, &p.incoming.path).is_ok() {
-                p.incoming.placed = false;
-            } else {
-                drop(fs::remove_file(&path));
-            }
-            return Err(StoreError::Query(e));
+            // Hashed otherwise (before BLAKE3): compare the bytes.
+            same_dataset(Path::new(path), &p.incoming.path).unwrap_or(false)
         }
-        dirs.insert(dir);
-        Ok(Outcome::Stored {
-            path,
+    };
+    if existing.iter().any(same) {
+        return Ok(Outcome::Duplicate);
+    }
+    let revision = existing.iter().map(|(r, _, _)| *r).max().unwrap_or(0) + 1;
+    if revision > 1 {
+        tracing::warn!(
+            sop_instance = %h.sop_instance,
             revision,
-            series_uid: h.series_uid.clone(),
-        })
+            "an instance with this SOP Instance UID but different content arrived; kept as a new revision"
+        );
+    }
+    let dir = incoming.join(&h.study_uid).join(&h.series_uid);
+    create_dir_durable(&dir)?;
+    let name = if revision == 1 {
+        format!("{}.dcm", h.sop_instance)
+    } else {
+        format!("{}.r{revision}.dcm", h.sop_instance)
+    };
+    let path = dir.join(name);
+    let size = i64::try_from(p.incoming.file.metadata()?.len()).unwrap_or(i64::MAX);
+    fs::rename(&p.incoming.path, &path)?;
+    p.incoming.placed = true;
+    let now = Utc::now().naive_utc();
+    let row = Row {
+        header: h,
+        hash: &p.hash,
+        revision,
+        path: &path,
+        size,
+        received_at: now,
+        transfer_syntax: &p.incoming.transfer_syntax,
+        sender: &p.sender,
+    };
+    if let Err(e) = record(conn, &row) {
+        // Back where it came from, so that a retry finds it and a refusal removes it.
+        if fs::rename(&path, &p.incoming.path).is_ok() {
+            p.incoming.placed = false;
+        } else {
+            drop(fs::remove_file(&path));
+        }
+        return Err(StoreError::Query(e));
+    }
+    dirs.insert(dir);
+    Ok(Outcome::Stored {
+        path,
+        revision,
+        series_uid: h.series_uid.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::ScratchDb;
+    use crate::dicom::store::Store;
+
+    fn pending(store: &Store, series: &str, sop: &str, bytes: &[u8]) -> Pending {
+        let sender = Sender {
+            calling_ae: "MOD".into(),
+            called_ae: "KNEENODE".into(),
+            peer: "127.0.0.1:1".into(),
+            association_id: "a".into(),
+        };
+        let class = "1.2.840.10008.5.1.4.1.1.4";
+        let mut incoming = store
+            .begin(class, sop, "1.2.840.10008.1.2.1", &sender)
+            .unwrap();
+        incoming.write(bytes).unwrap();
+        Pending {
+            incoming,
+            header: Header {
+                sop_class: class.into(),
+                sop_instance: sop.into(),
+                study_uid: "1.2.3".into(),
+                series_uid: series.into(),
+                ..Header::default()
+            },
+            hash: format!("{HASH_PREFIX}{:02x}", bytes[0]),
+            sender,
+        }
+    }
+
+    #[test]
+    fn one_failing_instance_is_refused_and_the_rest_of_its_batch_is_stored() {
+        let scratch = ScratchDb::sqlite();
+        let db = Db::open(&scratch.url, 2).unwrap();
+        db.migrate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), db.clone(), 100.0).unwrap();
+        let incoming = dir.path().join("incoming");
+        let mut batch: Vec<Pending> = (1..=4u8)
+            .map(|i| pending(&store, "1.2.3.4", &format!("1.2.3.4.{i}"), &[i; 64]))
+            .collect();
+        // The third one's file vanished: its rename fails after two were placed, which rolls
+        // back the batch without savepoints; the batch is then done instance by instance.
+        fs::remove_file(&batch[2].incoming.path).unwrap();
+        let outcomes = commit_batch(&db, &incoming, &mut batch);
+        assert!(
+            matches!(outcomes[0], Outcome::Stored { .. }),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[1], Outcome::Stored { .. }),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes[2].status(), status::PROCESSING_FAILURE);
+        assert!(
+            matches!(outcomes[3], Outcome::Stored { .. }),
+            "{outcomes:?}"
+        );
+        let rows: Vec<String> = instances::table
+            .select(instances::sop_instance_uid)
+            .order(instances::sop_instance_uid)
+            .load(&mut *db.conn().unwrap())
+            .unwrap();
+        assert_eq!(rows, ["1.2.3.4.1", "1.2.3.4.2", "1.2.3.4.4"]);
+        for (i, o) in outcomes.iter().enumerate() {
+            if let Outcome::Stored { path, .. } = o {
+                let want = [i as u8 + 1; 64];
+                assert!(
+                    fs::read(path).unwrap().ends_with(&want),
+                    "{}",
+                    path.display()
+                );
+            }
+        }
+        let series_dir = incoming.join("1.2.3").join("1.2.3.4");
+        assert_eq!(
+            fs::read_dir(&series_dir).unwrap().count(),
+            3,
+            "no file left unrecorded"
+        );
+    }
+
+    #[test]
+    fn a_row_hashed_before_blake3_is_compared_by_its_bytes() {
+        let scratch = ScratchDb::sqlite();
+        let db = Db::open(&scratch.url, 2).unwrap();
+        db.migrate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), db.clone(), 100.0).unwrap();
+        let incoming = dir.path().join("incoming");
+        let sop = "1.2.3.4.1";
+        let mut first = vec![pending(&store, "1.2.3.4", sop, &[7; 64])];
+        assert!(matches!(
+            commit_batch(&db, &incoming, &mut first)[0],
+            Outcome::Stored { revision: 1, .. }
+        ));
+        // As the migration leaves a row stored before the change of hash.
+        diesel::update(instances::table)
+            .set(instances::content_hash.eq("sha256:0123"))
+            .execute(&mut *db.conn().unwrap())
+            .unwrap();
+        let mut same = vec![pending(&store, "1.2.3.4", sop, &[7; 64])];
+        same[0].hash = format!("{HASH_PREFIX}other");
+        assert_eq!(
+            commit_batch(&db, &incoming, &mut same)[0],
+            Outcome::Duplicate
+        );
+        let mut changed = vec![pending(&store, "1.2.3.4", sop, &[8; 64])];
+        assert!(matches!(
+            commit_batch(&db, &incoming, &mut changed)[0],
+            Outcome::Stored { revision: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn concurrent_commits_each_get_their_own_outcome() {
+        let scratch = ScratchDb::sqlite();
+        let db = Db::open(&scratch.url, 4).unwrap();
+        db.migrate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), db.clone(), 100.0).unwrap();
+        let committer = Committer::new(db.clone(), dir.path().join("incoming"));
+        std::thread::scope(|s| {
+            for t in 0..6u8 {
+                let (store, committer) = (&store, &committer);
+                s.spawn(move || {
+                    for i in 0..20u8 {
+                        let sop = format!("1.2.3.{t}.{i}");
+                        let p = pending(store, &format!("1.2.3.{t}"), &sop, &[t * 20 + i; 16]);
+                        match committer.commit(p) {
+                            Outcome::Stored { path, .. } => {
+                                assert!(path.ends_with(format!("{sop}.dcm")));
+                            }
+                            other => panic!("{sop}: {other:?}"),
+                        }
+                    }
+                });
+            }
+        });
+        let n: i64 = instances::table
+            .count()
+            .get_result(&mut *db.conn().unwrap())
+            .unwrap();
+        assert_eq!(n, 120);
+    }
 }

@@ -5,10 +5,12 @@
 //! checked (parseable, matches its SOP class, safe UIDs), renamed to
 //! `incoming/<study>/<series>/<sop>.dcm`, its directory fsynced, and recorded. A crash at any
 //! point leaves either nothing or a complete file; the peer only hears Success after the row is
-//! committed. The last three steps run in one committer thread for all associations, a batch
-//! at a time ([`group`]): one directory fsync per folder and one transaction per batch instead
-//! of one each per instance, and no writers queueing on the database's lock. The same SOP Instance UID with the same bytes is a no-op; with other bytes it is kept
-//! as a further revision (`<sop>.r2.dcm`) and a warning is logged.
+//! committed. The last three steps are done for all associations together, a batch at a time,
+//! by whichever association's thread leads ([`group`]): one directory fsync per folder and one transaction per batch instead
+//! of one each per instance, and no writers queueing on the database's lock. The same SOP
+//! Instance UID with the same bytes is a no-op; with other bytes it is kept as a further
+//! revision (`<sop>.r2.dcm`) and a warning is logged. A placed file whose row a crash lost (an
+//! SQLite commit rolled back by power loss) is recorded again at the next start ([`recover`]).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -16,15 +18,16 @@ use std::path::{Path, PathBuf};
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use sha2::{Digest, Sha256};
 
 use super::dimse::status;
 use super::part10;
 
 mod group;
+mod recover;
 use crate::db::schema::{instances, series};
 use crate::db::{Db, DbConnection, DbError};
 use crate::storage;
+pub use recover::RECOVERED;
 
 /// `series.status` while instances are arriving.
 pub const SERIES_RECEIVING: &str = "receiving";
@@ -85,12 +88,12 @@ pub struct Store {
     group: std::sync::Arc<group::Committer>,
 }
 
-/// An instance being received: a temp file and a running hash of the dataset bytes.
+/// An instance being received: a temp file and a running BLAKE3 hash of the dataset bytes.
 #[derive(Debug)]
 pub struct Incoming {
     file: File,
     path: PathBuf,
-    hasher: Sha256,
+    hasher: Box<blake3::Hasher>,
     dataset_bytes: u64,
     /// Set once the file has been renamed into place: from then on it is not ours to delete.
     placed: bool,
@@ -170,8 +173,10 @@ impl Store {
         &self.db
     }
 
-    /// Opens the store under `storage_dir`, creating its folders and clearing temp files that a
-    /// crash left behind (they were never acknowledged).
+    /// Opens the store under `storage_dir`, creating its folders, clearing temp files that a
+    /// crash left behind (they were never acknowledged) and recording stored files whose rows a
+    /// crash lost ([`recover`]). A recovery that cannot reach the database is logged and tried
+    /// again at the next start: the files stay where they are.
     pub fn open(storage_dir: &Path, db: Db, max_disk_used_percent: f64) -> io::Result<Self> {
         let incoming = storage_dir.join("incoming");
         let tmp = incoming.join(".tmp");
@@ -182,7 +187,18 @@ impl Store {
                 fs::remove_file(&path)?;
             }
         }
-        let group = std::sync::Arc::new(group::Committer::start(db.clone(), incoming.clone())?);
+        match recover::recover(&db, &incoming) {
+            Ok(r) if r.recorded + r.skipped > 0 => tracing::warn!(
+                recorded = r.recorded,
+                skipped = r.skipped,
+                "stored instances without a record were found after a crash and recorded"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "checking stored instances against the database failed")
+            }
+        }
+        let group = std::sync::Arc::new(group::Committer::new(db.clone(), incoming.clone()));
         Ok(Self {
             incoming,
             tmp,
@@ -218,7 +234,7 @@ impl Store {
         Ok(Incoming {
             file,
             path,
-            hasher: Sha256::new(),
+            hasher: Box::default(),
             dataset_bytes: 0,
             placed: false,
             sop_class: sop_class.to_owned(),
@@ -229,7 +245,7 @@ impl Store {
 
     /// Makes a received instance durable and records it. Blocking (fsync, parse, database):
     /// call it from a blocking thread. The file's own fsync and the parse run here, in the
-    /// caller's thread, beside other associations; placing and recording go to the committer.
+    /// caller's thread, beside other associations; placing and recording are group-committed.
     pub fn commit(&self, incoming: Incoming, sender: &Sender) -> Outcome {
         // fdatasync: the data and the file size; the name is made durable by the directory
         // fsync after the rename.
@@ -266,31 +282,61 @@ impl Store {
                 );
             }
         }
-        let sha = format!("{:x}", incoming.hasher.clone().finalize());
+        let hash = content_hash(&incoming.hasher);
         self.group.commit(group::Pending {
             incoming,
             header,
-            sha,
+            hash,
             sender: sender.clone(),
         })
     }
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one row's worth of fields, used once"
-)]
-fn record(
-    conn: &mut DbConnection,
-    h: &Header,
-    sha: &str,
+/// `instances.content_hash` of the dataset bytes hashed so far: `blake3:` and 64 hex digits.
+/// (Rows from before BLAKE3 hold `sha256:…`.)
+fn content_hash(hasher: &blake3::Hasher) -> String {
+    format!("{HASH_PREFIX}{}", hasher.finalize().to_hex())
+}
+
+/// The prefix of the hashes the store writes.
+const HASH_PREFIX: &str = "blake3:";
+
+/// Whether two Part-10 files hold the same dataset bytes (their meta groups may differ).
+fn same_dataset(a: &Path, b: &Path) -> io::Result<bool> {
+    let dataset = |p: &Path| -> io::Result<Vec<u8>> {
+        let mut f = File::open(p)?;
+        part10::read_header(&mut f)?;
+        let mut rest = Vec::new();
+        io::Read::read_to_end(&mut f, &mut rest)?;
+        Ok(rest)
+    };
+    Ok(dataset(a)? == dataset(b)?)
+}
+
+/// One instance's row, and what its series row needs.
+struct Row<'a> {
+    header: &'a Header,
+    hash: &'a str,
     revision: i32,
-    path: &Path,
+    path: &'a Path,
     size: i64,
-    now: chrono::NaiveDateTime,
-    incoming: &Incoming,
-    sender: &Sender,
-) -> Result<(), DieselError> {
+    received_at: chrono::NaiveDateTime,
+    transfer_syntax: &'a str,
+    sender: &'a Sender,
+}
+
+/// Inserts the instance's row and counts it in its series (creating or re-opening the series).
+fn record(conn: &mut DbConnection, row: &Row) -> Result<(), DieselError> {
+    let Row {
+        header: h,
+        hash,
+        revision,
+        path,
+        size,
+        received_at: now,
+        transfer_syntax,
+        sender,
+    } = *row;
     // Write first: on SQLite that takes the write lock at once (waiting on busy_timeout) instead
     // of failing to upgrade a read snapshot.
     diesel::insert_into(instances::table)
@@ -299,11 +345,11 @@ fn record(
             instances::sop_class_uid.eq(&h.sop_class),
             instances::study_instance_uid.eq(&h.study_uid),
             instances::series_instance_uid.eq(&h.series_uid),
-            instances::transfer_syntax_uid.eq(&incoming.transfer_syntax),
+            instances::transfer_syntax_uid.eq(transfer_syntax),
             instances::revision.eq(revision),
             instances::path.eq(path.to_string_lossy().as_ref()),
             instances::size_bytes.eq(size),
-            instances::sha256.eq(sha),
+            instances::content_hash.eq(hash),
             instances::calling_ae.eq(&sender.calling_ae),
             instances::called_ae.eq(&sender.called_ae),
             instances::peer.eq(&sender.peer),
