@@ -149,7 +149,7 @@ struct RunArgs {
     plane: Option<String>,
     /// The knee's side, left or right (default: the DICOM series' laterality). A model trained
     /// on one side only mirrors a knee of the other side; with neither this nor a laterality
-    /// (NIfTI, NRRD) it tries both sides and keeps the more confident result.
+    /// (NIfTI, NRRD) the knee's position in the scanner decides, else the model's own side.
     #[arg(long, value_name = "left|right")]
     side: Option<kneenode::pipeline::models::Side>,
     /// Stop after the label files: no meshes, no thickness.

@@ -3,7 +3,7 @@
 //! test-time augmentation, autocast on CUDA, and softmax accumulated in one preallocated buffer.
 //!
 //! This module runs `patch3d` models, the second stage of a cascade included
-//! ([`patch3d_scored`]); [`segment`] (from [`super::ensemble`]) is the entry point for every
+//! ([`patch3d`]); [`segment`] (from [`super::ensemble`]) is the entry point for every
 //! kind, and [`super::slice2d`] runs 2D models.
 
 use tch::{CModule, Device, Kind, Tensor};
@@ -400,23 +400,20 @@ pub fn segment_volume(
     device: Device,
     tta: bool,
 ) -> Result<Volume<u8>, SegmentVolumeError> {
-    patch3d_scored(image, spec, model, device, tta, None).map(|(labels, _)| labels)
+    patch3d(image, spec, model, device, tta, None)
 }
 
 /// A patch3d model on either stage of a cascade (with `cascade`, the model's input is the
 /// normalised image followed by the one-hot channels of the first stage's labels, see
-/// [`cascade_channels`], and `in_channels` must be `1 + (cascade.num_classes − 1)`), with the
-/// model's confidence: the mean of the highest class probability
-/// over the voxels (of the model grid) whose most probable class is not background, 0 when
-/// there are none. [`segment`] compares it between a knee taken as a left and as a right one.
-pub(crate) fn patch3d_scored(
+/// [`cascade_channels`], and `in_channels` must be `1 + (cascade.num_classes − 1)`).
+pub(crate) fn patch3d(
     image: &Volume<f32>,
     spec: &ModelSpec,
     model: &CModule,
     device: Device,
     tta: bool,
     cascade: Option<CascadeInput<'_>>,
-) -> Result<(Volume<u8>, f64), SegmentVolumeError> {
+) -> Result<Volume<u8>, SegmentVolumeError> {
     let m = &spec.manifest;
     let (Some(orientation), Some(spacing), Some(patch), Some(classes)) = (
         m.orientation.as_deref(),
@@ -470,7 +467,6 @@ pub(crate) fn patch3d_scored(
     }
     let probs = predict(model, &input, classes as i64, &window, device)?;
     drop(input);
-    let confidence = foreground_confidence(&probs).map_err(SegmentError::from)?;
     let n = dims.iter().product();
     let same_grid = target_dims == dims
         && (0..3).all(|a| (spacing[a] - g.spacing[a]).abs() <= 1e-6 * g.spacing[a]);
@@ -486,26 +482,7 @@ pub(crate) fn patch3d_scored(
         resampled_argmax(&probs, classes, target_dims, target, &g, dims, n)?
     };
     drop(probs);
-    Ok((
-        back_to_source(&Volume::from_vec(dims, labels, g)?, image)?,
-        confidence,
-    ))
-}
-
-/// The mean over the voxels whose most probable class is not 0 of that class's probability, from
-/// class probabilities (classes, I, J, K); 0 when every voxel is background.
-fn foreground_confidence(probs: &Tensor) -> Result<f64, tch::TchError> {
-    let (top, class) = probs.f_max_dim(0, false)?;
-    let foreground = class.f_ne(0)?;
-    let n = foreground.f_sum(Kind::Int64)?.f_int64_value(&[])?;
-    if n == 0 {
-        return Ok(0.0);
-    }
-    let sum = top
-        .f_mul(&foreground.f_to_kind(Kind::Float)?)?
-        .f_sum(Kind::Double)?
-        .f_double_value(&[])?;
-    Ok(sum / n as f64)
+    Ok(back_to_source(&Volume::from_vec(dims, labels, g)?, image)?)
 }
 
 /// The extra input channels of a cascade's second stage (nnU-Net's `3d_cascade_fullres`): for

@@ -14,14 +14,14 @@
 //! side: a knee of the other side is mirrored across the patient's left–right axis first
 //! ([`mirror`] along [`left_right_axis`]) and the labels are mirrored back. A mirrored left knee
 //! *is* a right knee, medial side still medial, so no label is exchanged. When nobody says which
-//! knee it is, [`segment`] tries both and keeps the more plausible result (`pick_side`).
+//! knee it is, [`segment`] takes it from where the knee lies in the scanner, or else for a knee
+//! of the model's own side, and says so in a note ([`assumed_side`]).
 
 use tch::Device;
 
 use super::fusion::{majority_vote, plane_trust, staple, StapleOptions, Trust};
 use super::models::{Fusion, Manifest, ModelError, ModelKind, ModelSpec, Registry, Side};
-use super::postprocess::keep_largest_components;
-use super::segment::{load_model, patch3d_scored, CascadeInput, SegmentVolumeError};
+use super::segment::{load_model, patch3d, CascadeInput, SegmentVolumeError};
 use super::slice2d::{plane_of, segment_slices};
 use crate::volume::geometry::closest_axes;
 use crate::volume::{Geometry, Volume, VolumeError};
@@ -52,9 +52,8 @@ pub struct Segmentation {
 ///
 /// `side` is the knee's side when it is known (a user's option, the DICOM laterality). A model
 /// whose manifest has a `side` gets a knee of the other side mirrored (see the module
-/// documentation). When `side` is `None` and a model that runs is one-sided, the whole
-/// segmentation runs twice, taking the knee as a left and as a right one, and the more
-/// plausible result is kept (`pick_side`: the models' confidence), with a note saying so.
+/// documentation). When `side` is `None` and a model that runs is one-sided, the side is
+/// [`assumed_side`], with a note saying how.
 pub fn segment(
     registry: &Registry,
     spec: &ModelSpec,
@@ -64,38 +63,78 @@ pub fn segment(
     side: Option<Side>,
 ) -> Result<Segmentation, SegmentVolumeError> {
     registry.check_references(spec)?;
-    if !is_one_sided(registry, spec)? {
+    let Some(trained) = trained_side(registry, spec)? else {
         return Ok(segment_as(registry, spec, image, device, tta, side)?.finish(None));
-    }
+    };
     if let Some(side) = side {
         return Ok(segment_as(registry, spec, image, device, tta, Some(side))?.finish(Some(side)));
     }
-    let right = segment_as(registry, spec, image, device, tta, Some(Side::Right))?;
-    let left = segment_as(registry, spec, image, device, tta, Some(Side::Left))?;
-    let (chosen, why) = pick_side(&right, &left);
-    let mut attempt = match chosen {
-        Side::Left => left,
-        Side::Right => right,
-    };
+    let (chosen, why) = assumed_side(image.geometry(), image.dims(), trained);
+    let mut attempt = segment_as(registry, spec, image, device, tta, Some(chosen))?;
     attempt
         .record
         .notes
-        .push(format!("knee side not given; chose {chosen} by {why}"));
+        .push(format!("knee side not given; taken as {chosen}: {why}"));
     Ok(attempt.finish(Some(chosen)))
 }
 
-/// Whether the model, or a member of the ensemble, was trained on one side only. (A cascade's
-/// low-res model has no side other than its full-res model's: [`Registry::check_references`].)
-fn is_one_sided(registry: &Registry, spec: &ModelSpec) -> Result<bool, SegmentVolumeError> {
-    if spec.manifest.side.is_some() {
-        return Ok(true);
+/// The side the model, or the first one-sided member of the ensemble, was trained on; `None`
+/// when none is one-sided. (A cascade's low-res model has no side other than its full-res
+/// model's: [`Registry::check_references`].)
+fn trained_side(registry: &Registry, spec: &ModelSpec) -> Result<Option<Side>, SegmentVolumeError> {
+    if let Some(side) = spec.manifest.side {
+        return Ok(Some(side));
     }
     for member in &spec.manifest.members {
-        if registry.spec(Some(member))?.manifest.side.is_some() {
-            return Ok(true);
+        if let Some(side) = registry.spec(Some(member))?.manifest.side {
+            return Ok(Some(side));
         }
     }
-    Ok(false)
+    Ok(None)
+}
+
+/// How far (mm) from the scanner's left–right centre a knee must lie for its position to tell
+/// its side.
+pub const SIDE_OFFSET_MM: f64 = 40.0;
+
+/// The side of a knee nobody named, and why, in words that follow "taken as left: …".
+///
+/// A knee coil lies beside the patient's midline, so in scanner coordinates a right knee lies
+/// to the patient's right of the isocentre (LPS x < 0) and a left knee to the left: when the
+/// image's centre is at least [`SIDE_OFFSET_MM`] off, that decides. Otherwise (an image
+/// centred at the origin, as many converters and the phantom write it) nothing in the image
+/// can be trusted to tell: the knee is taken for one of the model's own side (`trained`), not
+/// mirrored, and the note says to give the side for a knee of the other side. (The models'
+/// confidence cannot tell either: a model that never saw the other side labels a mirrored knee
+/// just as surely, with medial and lateral exchanged.)
+pub fn assumed_side(geometry: &Geometry, dims: [usize; 3], trained: Side) -> (Side, String) {
+    let centre = geometry.index_to_point(dims.map(|d| d.saturating_sub(1) as f64 / 2.0));
+    let x = centre[0];
+    if x <= -SIDE_OFFSET_MM {
+        let why = format!(
+            "the image's centre lies {:.0} mm to the patient's right of the scanner's centre, \
+             where a right knee lies in a knee coil",
+            -x
+        );
+        (Side::Right, why)
+    } else if x >= SIDE_OFFSET_MM {
+        let why = format!(
+            "the image's centre lies {x:.0} mm to the patient's left of the scanner's centre, \
+             where a left knee lies in a knee coil"
+        );
+        (Side::Left, why)
+    } else {
+        let why = format!(
+            "neither the input nor the knee's position in the scanner says which knee it is, so \
+             it is segmented as a {trained} knee, the side the model was trained on; if it is a \
+             {} knee, run it again with the side given (--side {}, or the job option side = \"{}\"), \
+             or medial and lateral are exchanged",
+            trained.other(),
+            trained.other(),
+            trained.other()
+        );
+        (trained, why)
+    }
 }
 
 /// What ran, and the notes about it, while a segmentation is under way.
@@ -103,9 +142,6 @@ fn is_one_sided(registry: &Registry, spec: &ModelSpec) -> Result<bool, SegmentVo
 struct Record {
     models_run: Vec<(String, String)>,
     notes: Vec<String>,
-    /// Per model that ran: its confidence (see `patch3d_scored`), `None` where the kind has
-    /// none (slice2d).
-    confidence: Vec<Option<f64>>,
 }
 
 /// One complete segmentation, taking the knee for one side.
@@ -116,26 +152,6 @@ struct Attempt {
 }
 
 impl Attempt {
-    /// The models' mean confidence, when every model that ran has one.
-    fn confidence(&self) -> Option<f64> {
-        let c = &self.record.confidence;
-        let all: Option<Vec<f64>> = c.iter().copied().collect();
-        all.filter(|v| !v.is_empty())
-            .map(|v| v.iter().sum::<f64>() / v.len() as f64)
-    }
-
-    /// Voxels of labels 3–6 (tibial cartilage and menisci in DOMAIN.md's map) once each label
-    /// is cut down to its largest connected component, as post-processing will.
-    fn compartment_voxels(&self) -> usize {
-        let mut labels = self.labels.clone();
-        keep_largest_components(&mut labels);
-        labels
-            .data()
-            .iter()
-            .filter(|&&l| (3..=6).contains(&l))
-            .count()
-    }
-
     fn finish(self, side: Option<Side>) -> Segmentation {
         Segmentation {
             labels: self.labels,
@@ -144,34 +160,6 @@ impl Attempt {
             side,
         }
     }
-}
-
-/// Which of two segmentations of a knee of unknown side to keep, `right` made taking it for a
-/// right knee and `left` for a left one, and why, in words that finish "chose left by …".
-///
-/// A one-sided model shown a knee of the side it never saw still labels it, but less surely:
-/// so the one where the models are more confident wins (the mean highest class probability over
-/// the voxels they call foreground, averaged over the models). Where a model gives no
-/// probabilities (slice2d), the one with more tibial cartilage and meniscus (labels 3–6) after
-/// keeping each label's largest component wins: a model that mistakes the lateral plateau for
-/// the medial one tends to call both plateaus the same, and post-processing then drops one.
-/// A tie keeps `right`.
-fn pick_side(right: &Attempt, left: &Attempt) -> (Side, String) {
-    if let (Some(r), Some(l)) = (right.confidence(), left.confidence()) {
-        let side = if l > r { Side::Left } else { Side::Right };
-        let why = format!(
-            "model confidence (mean highest class probability over the voxels called foreground: \
-             {l:.4} as a left knee, {r:.4} as a right one)"
-        );
-        return (side, why);
-    }
-    let (r, l) = (right.compartment_voxels(), left.compartment_voxels());
-    let side = if l > r { Side::Left } else { Side::Right };
-    let why = format!(
-        "the volume of tibial cartilage and menisci (labels 3–6, largest components: {l} voxels \
-         as a left knee, {r} as a right one)"
-    );
-    (side, why)
 }
 
 /// The whole segmentation with the knee taken for `knee` (`None`: unknown, which only models
@@ -281,23 +269,17 @@ fn run_model(
     let labels = match (&m.kind, &m.cascade) {
         (ModelKind::Slice2d, _) => {
             let model = load_model(spec, device)?;
-            out.confidence.push(None);
             segment_slices(image, spec, &model, device, tta)?
         }
         (ModelKind::Patch3d, None) => {
             let model = load_model(spec, device)?;
-            let (labels, confidence) = patch3d_scored(image, spec, &model, device, tta, None)?;
-            out.confidence.push(Some(confidence));
-            labels
+            patch3d(image, spec, &model, device, tta, None)?
         }
         (ModelKind::Patch3d, Some(low_name)) => {
             let low_spec = registry.spec(Some(low_name))?;
             let low_labels = {
                 let low_model = load_model(&low_spec, device)?;
-                let (labels, confidence) =
-                    patch3d_scored(image, &low_spec, &low_model, device, tta, None)?;
-                out.confidence.push(Some(confidence));
-                labels
+                patch3d(image, &low_spec, &low_model, device, tta, None)?
             };
             out.models_run
                 .push((low_name.clone(), low_spec.manifest.version.clone()));
@@ -311,10 +293,7 @@ fn run_model(
                 num_classes: low_spec.manifest.num_classes.unwrap_or(1),
             };
             let model = load_model(spec, device)?;
-            let (labels, confidence) =
-                patch3d_scored(image, spec, &model, device, tta, Some(cascade))?;
-            out.confidence.push(Some(confidence));
-            labels
+            patch3d(image, spec, &model, device, tta, Some(cascade))?
         }
         (kind, _) => {
             return Err(ModelError::NotSegmentation {

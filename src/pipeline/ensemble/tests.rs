@@ -195,54 +195,53 @@ fn a_knee_of_the_other_side_is_seen_mirrored() {
     assert_eq!(count(Side::Left, 2), inner);
 }
 
-/// Without a side, both are tried and the one the model is surer of is kept, with a note.
+/// Without a side, the knee's position in the scanner decides; a knee near the centre is taken
+/// for one of the model's own side. The reason is given either way.
 #[test]
-fn an_unknown_side_is_chosen_by_confidence() {
+fn an_unknown_side_comes_from_the_position_in_the_scanner_or_the_model() {
+    let dims = [11, 11, 11];
+    // Identity direction, 1 mm voxels: the centre is 5 mm from the origin along x.
+    let at = |x: f64| Geometry {
+        origin: [x - 5.0, 0.0, 0.0],
+        ..Geometry::default()
+    };
+    let (side, why) = assumed_side(&at(-90.0), dims, Side::Right);
+    assert_eq!(side, Side::Right);
+    assert!(why.contains("90 mm to the patient's right"), "{why}");
+    let (side, why) = assumed_side(&at(85.0), dims, Side::Right);
+    assert_eq!(side, Side::Left);
+    assert!(why.contains("85 mm to the patient's left"), "{why}");
+    for x in [0.0, 39.0, -39.0] {
+        let (side, why) = assumed_side(&at(x), dims, Side::Right);
+        assert_eq!(side, Side::Right, "{x}");
+        assert!(why.contains("--side left"), "{why}");
+    }
+    assert_eq!(assumed_side(&at(0.0), dims, Side::Left).0, Side::Left);
+}
+
+/// Without a side, one segmentation runs: the one for the assumed side, with a note.
+#[test]
+fn without_a_side_the_knee_is_segmented_once_as_the_assumed_side() {
     let dir = tempfile::tempdir().unwrap();
     let spec = rightwards_model(dir.path());
     let registry = Registry::default();
-    for (sign, want) in [(-1.0, Side::Right), (1.0, Side::Left)] {
-        let image = image_of(|p| (sign * p[0]) as f32);
-        let s = segment(&registry, &spec, &image, Device::Cpu, false, None).unwrap();
+    let image = image_of(|p| -p[0] as f32);
+    for shift in [0.0, 100.0] {
+        let mut g = *image.geometry();
+        g.origin[0] += shift;
+        let moved = Volume::from_vec(image.dims(), image.data().to_vec(), g).unwrap();
+        let (want, _) = assumed_side(moved.geometry(), moved.dims(), Side::Right);
+        assert_eq!(want, if shift > 0.0 { Side::Left } else { Side::Right });
+        let s = segment(&registry, &spec, &moved, Device::Cpu, false, None).unwrap();
         assert_eq!(s.side, Some(want));
-        let note = format!("knee side not given; chose {want} by model confidence");
+        let note = format!("knee side not given; taken as {want}: ");
         assert!(
             s.notes.iter().any(|n| n.starts_with(&note)),
             "{:?}",
             s.notes
         );
-        let given = segment(&registry, &spec, &image, Device::Cpu, false, Some(want)).unwrap();
+        assert_eq!(s.models_run.len(), 1, "one run, not one per side");
+        let given = segment(&registry, &spec, &moved, Device::Cpu, false, Some(want)).unwrap();
         assert!(given.labels == s.labels);
     }
-}
-
-/// Without confidences (slice2d models) the larger tibial cartilage and menisci win.
-#[test]
-fn without_confidences_the_larger_compartments_win() {
-    let g = Geometry::default();
-    let attempt = |data: Vec<u8>, confidence| Attempt {
-        labels: Volume::from_vec([6, 1, 1], data, g).unwrap(),
-        record: Record {
-            confidence: vec![confidence],
-            ..Record::default()
-        },
-    };
-    // As a right knee: two separate bits of label 3, of which post-processing keeps one.
-    let right = attempt(vec![3, 0, 3, 0, 7, 7], None);
-    let left = attempt(vec![3, 4, 0, 0, 7, 7], None);
-    let (side, why) = pick_side(&right, &left);
-    assert_eq!(side, Side::Left, "{why}");
-    assert!(
-        why.contains("2 voxels as a left knee, 1 as a right one"),
-        "{why}"
-    );
-    let (side, _) = pick_side(&left, &right);
-    assert_eq!(side, Side::Right);
-    // With confidences, they decide.
-    let (side, why) = pick_side(
-        &attempt(vec![3, 0, 3, 0, 7, 7], Some(0.9)),
-        &attempt(vec![3, 4, 0, 0, 7, 7], Some(0.8)),
-    );
-    assert_eq!(side, Side::Right);
-    assert!(why.starts_with("model confidence"), "{why}");
 }
