@@ -1,5 +1,6 @@
-//! The storage folder's disk: how full it is, measured the way the watermark is configured
-//! (`storage.max_disk_used_percent`). The SCP and uploads refuse new data past the watermark.
+//! The storage folder: how full its disk is, measured the way the watermark is configured
+//! (`storage.max_disk_used_percent`; the SCP and uploads refuse new data past it), and the names
+//! received instances are stored under.
 
 use std::path::Path;
 
@@ -44,9 +45,45 @@ pub fn disk_usage(path: &Path) -> std::io::Result<DiskUsage> {
     })
 }
 
+/// The name an instance is stored under in its series folder: `<sop>.dcm`, or `<sop>.r<N>.dcm`
+/// for revision N ≥ 2 (the same SOP Instance UID received again with other content).
+pub fn instance_file_name(sop_instance: &str, revision: u32) -> String {
+    if revision <= 1 {
+        format!("{sop_instance}.dcm")
+    } else {
+        format!("{sop_instance}.r{revision}.dcm")
+    }
+}
+
+/// The SOP Instance UID and revision a stored instance's name gives (the inverse of
+/// [`instance_file_name`]); `None` for a name that does not end in `.dcm`.
+pub fn parse_instance_file_name(name: &str) -> Option<(&str, u32)> {
+    let stem = name.strip_suffix(".dcm")?;
+    let revised = stem.rsplit_once('.').and_then(|(sop, r)| {
+        let n = r.strip_prefix('r')?.parse::<u32>().ok()?;
+        (n >= 2).then_some((sop, n))
+    });
+    Some(revised.unwrap_or((stem, 1)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_names_round_trip() {
+        for (sop, rev) in [("1.2.3", 1), ("1.2.3", 2), ("1.2.840.10008.9", 12)] {
+            let name = instance_file_name(sop, rev);
+            assert_eq!(parse_instance_file_name(&name), Some((sop, rev)));
+        }
+        assert_eq!(instance_file_name("1.2", 2), "1.2.r2.dcm");
+        assert_eq!(
+            parse_instance_file_name("1.2.3.rx.dcm"),
+            Some(("1.2.3.rx", 1))
+        );
+        assert_eq!(parse_instance_file_name("IM0001"), None);
+        assert_eq!(parse_instance_file_name("1.2.3.part"), None);
+    }
 
     #[test]
     fn measures_a_real_filesystem() {

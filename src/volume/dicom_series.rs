@@ -6,19 +6,17 @@
 //! the SCP accepts is read: uncompressed ones directly, JPEG, JPEG-LS, JPEG 2000 and RLE through
 //! dicom-pixeldata. Enhanced multi-frame objects are read frame by frame (`super::enhanced`).
 //!
-//! The knee's side ([`Side`]) is read beside the pixels ([`read_dicom_part`]): a model trained
-//! on one side only needs it to mirror the other side's knees.
+//! The knee's side ([`Side`]) is read beside the pixels ([`read_dicom_part`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use dicom_core::PrimitiveValue;
 use dicom_dictionary_std::tags;
-use serde::{Deserialize, Serialize};
 
 use super::select::{Echo, Plane, Selection};
+use super::side::stated_side;
+use super::side::Side;
 use super::{Geometry, Volume, VolumeError};
 
 /// Relative tolerance on slice spacing before a series counts as unevenly spaced.
@@ -37,70 +35,6 @@ pub(super) struct Slice {
     /// The side the slice states (Frame Laterality, Image Laterality or Laterality).
     pub(super) laterality: Option<Side>,
     pub(super) pixels: Vec<f32>,
-}
-
-/// Which knee (or other paired body part) an image shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    /// The patient's left.
-    Left,
-    /// The patient's right.
-    Right,
-}
-
-impl Side {
-    /// The other side.
-    pub fn other(self) -> Side {
-        match self {
-            Side::Left => Side::Right,
-            Side::Right => Side::Left,
-        }
-    }
-
-    /// The side a DICOM laterality code names: `L` or `R`. `U` (unpaired), `B` (both), an
-    /// empty value or anything else names none.
-    pub fn from_dicom(code: &str) -> Option<Side> {
-        match code.trim_matches(|c: char| c == '\0' || c.is_whitespace()) {
-            "L" => Some(Side::Left),
-            "R" => Some(Side::Right),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Left => "left",
-            Side::Right => "right",
-        })
-    }
-}
-
-impl FromStr for Side {
-    type Err = String;
-
-    /// `left` or `right` (any case), as the `--side` flag and the `side` job option take it.
-    fn from_str(s: &str) -> Result<Side, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "left" => Ok(Side::Left),
-            "right" => Ok(Side::Right),
-            _ => Err(format!("side {s:?}: want left or right")),
-        }
-    }
-}
-
-/// The first of `tags` in `obj` that names a side (see [`Side::from_dicom`]).
-pub(super) fn stated_side(
-    obj: &dicom_object::InMemDicomObject,
-    tags: &[dicom_core::Tag],
-) -> Option<Side> {
-    tags.iter().find_map(|&t| {
-        obj.get(t)
-            .and_then(|e| e.to_str().ok())
-            .and_then(|v| Side::from_dicom(&v))
-    })
 }
 
 /// The side the slices of a volume state: the one side those that state any agree on; `None`
@@ -393,7 +327,8 @@ pub fn dicom_files(dir: &Path) -> Result<Vec<PathBuf>, VolumeError> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (stem, revision) = revision_of(&name);
+        let (stem, revision) = crate::storage::parse_instance_file_name(&name)
+            .map_or_else(|| (name.clone(), 1), |(sop, r)| (sop.to_owned(), r));
         match latest.get(&stem) {
             Some((r, _)) if *r >= revision => {}
             _ => {
@@ -404,20 +339,6 @@ pub fn dicom_files(dir: &Path) -> Result<Vec<PathBuf>, VolumeError> {
     let mut paths: Vec<PathBuf> = latest.into_values().map(|(_, p)| p).collect();
     paths.sort();
     Ok(paths)
-}
-
-/// `1.2.3.dcm` → ("1.2.3", 1); `1.2.3.r2.dcm` → ("1.2.3", 2); other names are their own stem.
-fn revision_of(name: &str) -> (String, u32) {
-    let Some(stem) = name.strip_suffix(".dcm") else {
-        return (name.to_owned(), 1);
-    };
-    match stem.rsplit_once('.') {
-        Some((sop, r)) if r.len() > 1 && r.starts_with('r') => match r[1..].parse::<u32>() {
-            Ok(n) => (sop.to_owned(), n),
-            Err(_) => (stem.to_owned(), 1),
-        },
-        _ => (stem.to_owned(), 1),
-    }
 }
 
 /// Reads the given files as one volume; `dir` names the series in errors. The series must hold

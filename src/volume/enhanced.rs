@@ -8,7 +8,8 @@ use std::path::Path;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 
-use super::dicom_series::{array, floats, malformed, matrix, samples, stated_side, Slice};
+use super::dicom_series::{array, floats, malformed, matrix, samples, Slice};
+use super::side::stated_side;
 use super::VolumeError;
 
 /// The first item of sequence `seq` in the frame's own group, else in the shared group.

@@ -14,6 +14,8 @@ pub mod nifti;
 pub mod nrrd;
 pub mod resample;
 pub mod select;
+mod side;
+pub use side::Side;
 #[cfg(test)]
 mod tests;
 mod voxel;

@@ -34,6 +34,7 @@ use super::{
 use crate::db::schema::instances;
 use crate::db::{Db, DbConnection};
 use crate::dicom::dimse::status;
+use crate::storage;
 
 /// The most instances one batch takes; more wait for the next.
 pub(super) const MAX_BATCH: usize = 64;
@@ -279,11 +280,7 @@ fn place(
     }
     let dir = incoming.join(&h.study_uid).join(&h.series_uid);
     create_dir_durable(&dir)?;
-    let name = if revision == 1 {
-        format!("{}.dcm", h.sop_instance)
-    } else {
-        format!("{}.r{revision}.dcm", h.sop_instance)
-    };
+    let name = storage::instance_file_name(&h.sop_instance, revision.unsigned_abs());
     let path = dir.join(name);
     let size = i64::try_from(p.incoming.file.metadata()?.len()).unwrap_or(i64::MAX);
     fs::rename(&p.incoming.path, &path)?;

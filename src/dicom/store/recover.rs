@@ -28,6 +28,7 @@ use super::{content_hash, read_header, record, valid_uid, Row, Sender, StoreErro
 use crate::db::schema::instances;
 use crate::db::Db;
 use crate::dicom::part10;
+use crate::storage;
 
 /// `instances.association_id` of a recovered row.
 pub const RECOVERED: &str = "recovered at start-up";
@@ -102,17 +103,6 @@ fn uid_dirs(dir: &Path) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
-/// The revision a stored file's name gives: `<sop>.dcm` is 1, `<sop>.r<N>.dcm` is N.
-fn name_parts(name: &str) -> Option<(&str, i32)> {
-    let stem = name.strip_suffix(".dcm")?;
-    if let Some((sop, rev)) = stem.rsplit_once(".r") {
-        if let Ok(n) = rev.parse::<i32>() {
-            return (n >= 2).then_some((sop, n));
-        }
-    }
-    Some((stem, 1))
-}
-
 fn recover_file(
     conn: &mut crate::db::DbConnection,
     path: &Path,
@@ -120,7 +110,9 @@ fn recover_file(
     series: &str,
     name: &str,
 ) -> Result<(), String> {
-    let (sop, revision) = name_parts(name).ok_or("not a stored instance's name")?;
+    let (sop, revision) =
+        storage::parse_instance_file_name(name).ok_or("not a stored instance's name")?;
+    let revision = i32::try_from(revision).map_err(|_| "revision out of range")?;
     let mut file = File::open(path).map_err(|e| e.to_string())?;
     let meta = part10::read_header(&mut file).map_err(|e| e.to_string())?;
     let mut hasher = blake3::Hasher::new();
@@ -160,17 +152,4 @@ fn recover_file(
     };
     conn.transaction::<_, diesel::result::Error, _>(|c| record(c, &row))
         .map_err(|e| format!("recording it failed: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::name_parts;
-
-    #[test]
-    fn revisions_come_from_the_name() {
-        assert_eq!(name_parts("1.2.3.dcm"), Some(("1.2.3", 1)));
-        assert_eq!(name_parts("1.2.3.r2.dcm"), Some(("1.2.3", 2)));
-        assert_eq!(name_parts("1.2.3.r12.dcm"), Some(("1.2.3", 12)));
-        assert_eq!(name_parts("1.2.3.part"), None);
-    }
 }

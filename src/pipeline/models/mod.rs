@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use crate::volume::dicom_series::Side;
+pub use crate::volume::Side;
 
 mod check;
 use check::{check_kind, check_nsm};

@@ -1,3 +1,4 @@
+use super::sniff::MAX_NRRD_HEADER;
 use super::*;
 
 /// A NIfTI-1 header (348 bytes, `n+1`) plus the extension flag and `data` bytes.
