@@ -319,6 +319,16 @@ mod tests {
     use crate::db::ScratchDb;
     use crate::dicom::store::Store;
 
+    /// A store on a fresh SQLite database with `pool` connections.
+    fn fresh_store(pool: u32) -> (ScratchDb, Db, tempfile::TempDir, Store) {
+        let scratch = ScratchDb::sqlite();
+        let db = Db::open(&scratch.url, pool).unwrap();
+        db.migrate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), db.clone(), 100.0).unwrap();
+        (scratch, db, dir, store)
+    }
+
     fn pending(store: &Store, series: &str, sop: &str, bytes: &[u8]) -> Pending {
         let sender = Sender {
             calling_ae: "MOD".into(),
@@ -347,11 +357,7 @@ mod tests {
 
     #[test]
     fn one_failing_instance_is_refused_and_the_rest_of_its_batch_is_stored() {
-        let scratch = ScratchDb::sqlite();
-        let db = Db::open(&scratch.url, 2).unwrap();
-        db.migrate().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), db.clone(), 100.0).unwrap();
+        let (_scratch, db, dir, store) = fresh_store(2);
         let incoming = dir.path().join("incoming");
         let mut batch: Vec<Pending> = (1..=4u8)
             .map(|i| pending(&store, "1.2.3.4", &format!("1.2.3.4.{i}"), &[i; 64]))
@@ -399,11 +405,7 @@ mod tests {
 
     #[test]
     fn a_row_hashed_before_blake3_is_compared_by_its_bytes() {
-        let scratch = ScratchDb::sqlite();
-        let db = Db::open(&scratch.url, 2).unwrap();
-        db.migrate().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), db.clone(), 100.0).unwrap();
+        let (_scratch, db, dir, store) = fresh_store(2);
         let incoming = dir.path().join("incoming");
         let sop = "1.2.3.4.1";
         let mut first = vec![pending(&store, "1.2.3.4", sop, &[7; 64])];
@@ -431,11 +433,7 @@ mod tests {
 
     #[test]
     fn concurrent_commits_each_get_their_own_outcome() {
-        let scratch = ScratchDb::sqlite();
-        let db = Db::open(&scratch.url, 4).unwrap();
-        db.migrate().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), db.clone(), 100.0).unwrap();
+        let (_scratch, db, dir, store) = fresh_store(4);
         let committer = Committer::new(db.clone(), dir.path().join("incoming"));
         std::thread::scope(|s| {
             for t in 0..6u8 {
