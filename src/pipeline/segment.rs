@@ -11,7 +11,8 @@ use tch::{CModule, Device, Kind, Tensor};
 pub use super::ensemble::{segment, Segmentation};
 use super::models::{ModelError, ModelSpec, Normalization};
 use crate::volume::{
-    orientation_code, reorient_to, resample_linear, resample_nearest, Geometry, Volume, VolumeError,
+    orientation_code, reorient_to, resample_linear, resample_linear_argmax, resample_nearest,
+    Geometry, Volume, VolumeError,
 };
 
 /// Sliding-window settings.
@@ -467,7 +468,6 @@ pub(crate) fn patch3d(
     }
     let probs = predict(model, &input, classes as i64, &window, device)?;
     drop(input);
-    let n = dims.iter().product();
     let same_grid = target_dims == dims
         && (0..3).all(|a| (spacing[a] - g.spacing[a]).abs() <= 1e-6 * g.spacing[a]);
     let labels = if same_grid {
@@ -479,7 +479,7 @@ pub(crate) fn patch3d(
             .map(|c| c as u8)
             .collect()
     } else {
-        resampled_argmax(&probs, classes, target_dims, target, &g, dims, n)?
+        resampled_argmax(&probs, classes, target_dims, target, &g, dims)?
     };
     drop(probs);
     Ok(back_to_source(&Volume::from_vec(dims, labels, g)?, image)?)
@@ -511,8 +511,8 @@ pub fn cascade_channels(
     Ok(Tensor::f_stack(&channels, 0).map_err(SegmentError::from)?)
 }
 
-/// Back on the source grid: resamples each class's probability from the model grid and keeps
-/// the most probable class per voxel.
+/// Back on the source grid: the most probable class per voxel of each class's probability
+/// resampled (trilinearly) from the model grid.
 fn resampled_argmax(
     probs: &Tensor,
     classes: usize,
@@ -520,24 +520,24 @@ fn resampled_argmax(
     target: Geometry,
     g: &Geometry,
     dims: [usize; 3],
-    n: usize,
 ) -> Result<Vec<u8>, SegmentVolumeError> {
-    let mut best = vec![f32::MIN; n];
-    let mut labels = vec![0u8; n];
-    for c in 0..classes {
-        let channel = from_tensor(&probs.get(c as i64)).map_err(SegmentError::from)?;
-        let on_model_grid = Volume::from_vec(target_dims, channel, target)?;
-        let back = resample_linear(&on_model_grid, g, dims)?;
-        for (&p, (b, l)) in back
-            .data()
-            .iter()
-            .zip(best.iter_mut().zip(labels.iter_mut()))
-        {
-            if p > *b {
-                *b = p;
-                *l = c as u8;
-            }
-        }
-    }
-    Ok(labels)
+    // (C, I, J, K) → C blocks of i-fastest voxels.
+    let all = Vec::<f32>::try_from(
+        probs
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .permute([0, 3, 2, 1])
+            .contiguous()
+            .view([-1]),
+    )
+    .map_err(SegmentError::from)?;
+    let per_class: usize = target_dims.iter().product();
+    let channels: Vec<&[f32]> = all.chunks(per_class).take(classes).collect();
+    Ok(resample_linear_argmax(
+        &channels,
+        &target,
+        target_dims,
+        g,
+        dims,
+    )?)
 }

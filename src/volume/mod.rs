@@ -29,7 +29,7 @@ pub use dicom_series::{dicom_files, read_dicom_dir, read_dicom_selected, read_di
 pub use geometry::{orientation_code, Geometry};
 pub use nifti::{read_nifti_f32, read_nifti_labels, write_nifti};
 pub use nrrd::{read_nrrd_f32, read_nrrd_labels, write_nrrd};
-pub use resample::{reorient_to, resample_linear, resample_nearest};
+pub use resample::{reorient_to, resample_linear, resample_linear_argmax, resample_nearest};
 pub use select::{Echo, Plane, Selection};
 pub use voxel::Voxel;
 

@@ -23,25 +23,62 @@ pub fn resample_linear(
 ) -> Result<Volume<f32>, VolumeError> {
     let n = source.dims();
     let src = source.data();
-    let (sx, sxy) = (n[0], n[0] * n[1]);
     let data = walk(source.geometry(), n, target, dims, |c| {
-        let mut lo = [0usize; 3];
-        let mut hi = [0usize; 3];
-        let mut f = [0f64; 3];
-        for a in 0..3 {
-            if !(c[a] >= -0.5 && c[a] <= n[a] as f64 - 0.5) {
-                return 0.0;
-            }
-            let fl = c[a].floor();
-            let last = n[a] - 1;
-            // Clamping both neighbours to the grid gives the edge value in the outer half voxel.
-            lo[a] = (fl.max(0.0) as usize).min(last);
-            hi[a] = ((fl + 1.0).max(0.0) as usize).min(last);
-            f[a] = c[a] - fl;
-            if f[a] == 0.0 {
-                hi[a] = lo[a];
+        taps(c, n).map_or(0.0, |t| t.value(src))
+    })?;
+    Volume::from_vec(dims, data, *target)
+}
+
+/// For every voxel of `target`, the index of the channel whose trilinear resampling is the
+/// largest (the first on a tie; 0 outside the source's extent): exactly the argmax of
+/// [`resample_linear`] of each channel, without resampling each one whole. `channels` are the
+/// voxels (i fastest) of volumes that share `source` and `source_dims`; at most 256.
+pub fn resample_linear_argmax(
+    channels: &[&[f32]],
+    source: &Geometry,
+    source_dims: [usize; 3],
+    target: &Geometry,
+    dims: [usize; 3],
+) -> Result<Vec<u8>, VolumeError> {
+    let m: usize = source_dims.iter().product();
+    if channels.len() > 256 || channels.iter().any(|c| c.len() != m) {
+        return Err(VolumeError::Invalid {
+            reason: format!(
+                "{} channels of {:?} voxels each wanted (at most 256)",
+                channels.len(),
+                source_dims
+            ),
+        });
+    }
+    walk(source, source_dims, target, dims, |c| {
+        let Some(t) = taps(c, source_dims) else {
+            return 0;
+        };
+        let (mut best, mut label) = (f32::MIN, 0u8);
+        for (l, channel) in channels.iter().enumerate() {
+            let v = t.value(channel);
+            if v > best {
+                best = v;
+                label = l as u8;
             }
         }
+        label
+    })
+}
+
+/// The eight neighbours and the weights of one trilinear sample.
+struct Taps {
+    lo: [usize; 3],
+    hi: [usize; 3],
+    f: [f64; 3],
+    stride: [usize; 2],
+}
+
+impl Taps {
+    #[inline]
+    fn value(&self, src: &[f32]) -> f32 {
+        let (lo, hi, f) = (self.lo, self.hi, self.f);
+        let [sx, sxy] = self.stride;
         let at = |i: usize, j: usize, k: usize| f64::from(src[i + sx * j + sxy * k]);
         let lerp = |a: f64, b: f64, t: f64| a + (b - a) * t;
         let c00 = lerp(at(lo[0], lo[1], lo[2]), at(hi[0], lo[1], lo[2]), f[0]);
@@ -51,8 +88,38 @@ pub fn resample_linear(
         let c0 = lerp(c00, c10, f[1]);
         let c1 = lerp(c01, c11, f[1]);
         lerp(c0, c1, f[2]) as f32
-    })?;
-    Volume::from_vec(dims, data, *target)
+    }
+}
+
+/// Where continuous source index `c` samples a grid of `n` voxels; `None` outside its extent
+/// (more than half a voxel beyond the first or last centre).
+#[inline]
+fn taps(c: [f64; 3], n: [usize; 3]) -> Option<Taps> {
+    let mut lo = [0usize; 3];
+    let mut hi = [0usize; 3];
+    let mut f = [0f64; 3];
+    for a in 0..3 {
+        if !(c[a] >= -0.5 && c[a] <= n[a] as f64 - 0.5) {
+            return None;
+        }
+        // floor() without a libm call (the baseline x86-64 target has no rounding instruction):
+        // c ≥ −0.5 here, and truncation is the floor of a non-negative number.
+        let fl = if c[a] < 0.0 { -1.0 } else { c[a] as u64 as f64 };
+        let last = n[a] - 1;
+        // Clamping both neighbours to the grid gives the edge value in the outer half voxel.
+        lo[a] = (fl.max(0.0) as usize).min(last);
+        hi[a] = ((fl + 1.0).max(0.0) as usize).min(last);
+        f[a] = c[a] - fl;
+        if f[a] == 0.0 {
+            hi[a] = lo[a];
+        }
+    }
+    Some(Taps {
+        lo,
+        hi,
+        f,
+        stride: [n[0], n[0] * n[1]],
+    })
 }
 
 /// Nearest-neighbour resampling (for label maps: no new values appear). Outside the
@@ -68,12 +135,13 @@ pub fn resample_nearest<T: Copy + Default>(
     let data = walk(source.geometry(), n, target, dims, |c| {
         let mut idx = [0usize; 3];
         for a in 0..3 {
-            // Halves round up, as ITK's nearest-neighbour interpolator does.
-            let r = (c[a] + 0.5).floor();
-            if !(r >= 0.0 && r < n[a] as f64) {
+            // Halves round up, as ITK's nearest-neighbour interpolator does: the index is
+            // floor(c + 0.5), which is its truncation once it is known not to be negative.
+            let h = c[a] + 0.5;
+            if !(h >= 0.0 && h < n[a] as f64) {
                 return T::default();
             }
-            idx[a] = r as usize;
+            idx[a] = h as usize;
         }
         src[idx[0] + sx * idx[1] + sxy * idx[2]]
     })?;
@@ -111,8 +179,15 @@ fn walk<T>(
             target.origin[2] - source.origin[2],
         ],
     );
+    // round() without a libm call: truncate, then step away from zero from a half up (an index
+    // beyond i64 is far outside any grid and is left as it is).
     let snap = |v: f64| {
-        let r = v.round();
+        let t = v as i64 as f64;
+        let r = match v - t {
+            d if d >= 0.5 => t + 1.0,
+            d if d <= -0.5 => t - 1.0,
+            _ => t,
+        };
         if (v - r).abs() < SNAP {
             r
         } else {

@@ -637,3 +637,51 @@ fn reorientation_round_trip_is_exact() {
     }
     assert!(reorient_to(&v, "LPQ").is_err());
 }
+
+/// The fused argmax is exactly the argmax of each channel resampled on its own, outside the
+/// source (0) and at its edges included, on an oblique grid larger than the source.
+#[test]
+fn resampled_argmax_equals_the_argmax_of_each_resampled_channel() {
+    let dims = [9, 7, 5];
+    let g = oblique();
+    let m: usize = dims.iter().product();
+    // Ties on purpose: values drawn from a few levels, so that "the first on a tie" matters.
+    let channels: Vec<Vec<f32>> = (0..6u64)
+        .map(|c| noise(m, 11 + c).map(|v| (v % 4) as f32 * 0.25).collect())
+        .collect();
+    let target = Geometry {
+        origin: g.index_to_point([-1.3, -0.7, -1.1]),
+        spacing: [0.21, 0.33, 1.7],
+        direction: rotation([-1.0, 0.5, 2.0], 0.3),
+    };
+    let tdims = [40, 30, 9];
+    let views: Vec<&[f32]> = channels.iter().map(Vec::as_slice).collect();
+    let fused = resample_linear_argmax(&views, &g, dims, &target, tdims).unwrap();
+    let resampled: Vec<Volume<f32>> = channels
+        .iter()
+        .map(|c| {
+            let v = Volume::from_vec(dims, c.clone(), g).unwrap();
+            resample_linear(&v, &target, tdims).unwrap()
+        })
+        .collect();
+    let (mut outside, mut ties) = (0, 0);
+    for (n, &got) in fused.iter().enumerate() {
+        let (mut best, mut want) = (f32::MIN, 0u8);
+        for (l, r) in resampled.iter().enumerate() {
+            let v = r.data()[n];
+            if v > best {
+                best = v;
+                want = l as u8;
+            } else if v == best {
+                ties += 1;
+            }
+        }
+        if resampled.iter().all(|r| r.data()[n] == 0.0) {
+            outside += 1;
+        }
+        assert_eq!(got, want, "voxel {n}");
+    }
+    assert!(outside > 0 && outside < fused.len(), "{outside}");
+    assert!(ties > 0);
+    assert!(resample_linear_argmax(&views[..1], &g, [9, 7, 4], &target, tdims).is_err());
+}
