@@ -83,6 +83,15 @@ pub fn write_header(
     Ok(head.len() as u64)
 }
 
+/// The meta group and the dataset bytes (exactly as stored) of the Part-10 file at `path`.
+pub fn read_dataset(path: &std::path::Path) -> io::Result<(FileMeta, Vec<u8>)> {
+    let mut f = std::fs::File::open(path)?;
+    let meta = read_header(&mut f)?;
+    let mut data = Vec::new();
+    f.read_to_end(&mut data)?;
+    Ok((meta, data))
+}
+
 fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
 }

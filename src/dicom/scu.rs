@@ -345,11 +345,9 @@ fn dataset_in(file: &Outgoing, ts: &str, peer: &Peer) -> Result<Vec<u8>, ScuErro
         reason,
     };
     if ts == file.meta.transfer_syntax {
-        let mut f = std::fs::File::open(&file.path).map_err(|e| fail(e.to_string()))?;
-        part10::read_header(&mut f).map_err(|e| fail(e.to_string()))?;
-        let mut data = Vec::new();
-        f.read_to_end(&mut data).map_err(|e| fail(e.to_string()))?;
-        return Ok(data);
+        return part10::read_dataset(&file.path)
+            .map(|(_, data)| data)
+            .map_err(|e| fail(e.to_string()));
     }
     if !(uncompressed(ts) && uncompressed(&file.meta.transfer_syntax)) {
         return Err(ScuError::NoTransferSyntax {

@@ -160,11 +160,9 @@ pub fn echoscu(addr: SocketAddr, calling: &str) -> bool {
 }
 
 pub fn dataset_bytes(path: &Path) -> Vec<u8> {
-    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    part10::read_header(&mut f).unwrap();
-    let mut rest = Vec::new();
-    f.read_to_end(&mut rest).unwrap();
-    rest
+    part10::read_dataset(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .1
 }
 
 /// `kneenode scp` as a separate process, with its log captured.

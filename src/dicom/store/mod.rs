@@ -6,8 +6,9 @@
 //! `incoming/<study>/<series>/<sop>.dcm`, its directory fsynced, and recorded. A crash at any
 //! point leaves either nothing or a complete file; the peer only hears Success after the row is
 //! committed. The last three steps are done for all associations together, a batch at a time,
-//! by whichever association's thread leads ([`group`]): one directory fsync per folder and one transaction per batch instead
-//! of one each per instance, and no writers queueing on the database's lock. The same SOP
+//! by whichever association's thread leads ([`group`]): one directory fsync per folder and one
+//! transaction per batch instead of one each per instance, and no writers queueing on the
+//! database's lock. The same SOP
 //! Instance UID with the same bytes is a no-op; with other bytes it is kept as a further
 //! revision (`<sop>.r2.dcm`) and a warning is logged. A placed file whose row a crash lost (an
 //! SQLite commit rolled back by power loss) is recorded again at the next start ([`recover`]).
@@ -303,14 +304,7 @@ const HASH_PREFIX: &str = "blake3:";
 
 /// Whether two Part-10 files hold the same dataset bytes (their meta groups may differ).
 fn same_dataset(a: &Path, b: &Path) -> io::Result<bool> {
-    let dataset = |p: &Path| -> io::Result<Vec<u8>> {
-        let mut f = File::open(p)?;
-        part10::read_header(&mut f)?;
-        let mut rest = Vec::new();
-        io::Read::read_to_end(&mut f, &mut rest)?;
-        Ok(rest)
-    };
-    Ok(dataset(a)? == dataset(b)?)
+    Ok(part10::read_dataset(a)?.1 == part10::read_dataset(b)?.1)
 }
 
 /// One instance's row, and what its series row needs.

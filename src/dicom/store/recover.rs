@@ -18,8 +18,8 @@
 //! accepts anything.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs;
+use std::io;
 use std::path::Path;
 
 use diesel::prelude::*;
@@ -113,17 +113,10 @@ fn recover_file(
     let (sop, revision) =
         storage::parse_instance_file_name(name).ok_or("not a stored instance's name")?;
     let revision = i32::try_from(revision).map_err(|_| "revision out of range")?;
-    let mut file = File::open(path).map_err(|e| e.to_string())?;
-    let meta = part10::read_header(&mut file).map_err(|e| e.to_string())?;
+    let (meta, dataset) = part10::read_dataset(path).map_err(|e| e.to_string())?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    hasher.update(&dataset);
+    drop(dataset);
     let header = read_header(path)?;
     if header.sop_instance != sop || header.series_uid != series || header.study_uid != study {
         return Err("its UIDs do not match its folder and name".into());
