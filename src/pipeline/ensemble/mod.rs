@@ -172,17 +172,28 @@ fn segment_as(
     tta: bool,
     knee: Option<Side>,
 ) -> Result<Attempt, SegmentVolumeError> {
-    let mut record = Record::default();
-    let labels = match spec.manifest.kind {
-        ModelKind::Ensemble => {
-            segment_ensemble(registry, spec, image, device, tta, knee, &mut record)?
-        }
-        _ => {
-            let name = &spec.manifest.name;
-            segment_one(registry, name, spec, image, device, tta, knee, &mut record)?
-        }
+    let mut run = Run {
+        registry,
+        device,
+        tta,
+        record: Record::default(),
     };
-    Ok(Attempt { labels, record })
+    let labels = match spec.manifest.kind {
+        ModelKind::Ensemble => run.ensemble(spec, image, knee)?,
+        _ => run.one(&spec.manifest.name, spec, image, knee)?,
+    };
+    Ok(Attempt {
+        labels,
+        record: run.record,
+    })
+}
+
+/// One segmentation under way: what each of its models runs with, and what ran.
+struct Run<'a> {
+    registry: &'a Registry,
+    device: Device,
+    tta: bool,
+    record: Record,
 }
 
 /// The voxel axis (0 = i, 1 = j, 2 = k) that runs closest to the patient's left–right axis
@@ -221,90 +232,148 @@ pub fn mirror<T: Copy>(volume: &Volume<T>, axis: usize) -> Result<Volume<T>, Vol
     volume.with_data(data)
 }
 
-/// A patch3d (possibly a cascade) or slice2d model, registered as `name`, on a knee taken for
-/// `knee`: mirrored first (and its labels mirrored back) when the model knows only the other
-/// side. Anything but those kinds is a MODEL_ERROR.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the run's context, passed down unchanged to each model"
-)]
-fn segment_one(
-    registry: &Registry,
-    name: &str,
-    spec: &ModelSpec,
-    image: &Volume<f32>,
-    device: Device,
-    tta: bool,
-    knee: Option<Side>,
-    out: &mut Record,
-) -> Result<Volume<u8>, SegmentVolumeError> {
-    match (spec.manifest.side, knee) {
-        (Some(trained), Some(knee)) if trained != knee => {
-            let axis = left_right_axis(image.geometry());
-            let mirrored = mirror(image, axis)?;
-            let labels = run_model(registry, name, spec, &mirrored, device, tta, out)?;
-            drop(mirrored);
-            out.notes.push(format!(
-                "{name} knows only {trained} knees: the {knee} knee was mirrored left–right for it \
-                 (along voxel axis {}) and its labels mirrored back",
-                ["i", "j", "k"][axis]
-            ));
-            Ok(mirror(&labels, axis)?)
-        }
-        _ => run_model(registry, name, spec, image, device, tta, out),
-    }
-}
-
-/// Runs one patch3d (possibly a cascade) or slice2d model on `image` as it is.
-fn run_model(
-    registry: &Registry,
-    name: &str,
-    spec: &ModelSpec,
-    image: &Volume<f32>,
-    device: Device,
-    tta: bool,
-    out: &mut Record,
-) -> Result<Volume<u8>, SegmentVolumeError> {
-    let m = &spec.manifest;
-    let labels = match (&m.kind, &m.cascade) {
-        (ModelKind::Slice2d, _) => {
-            let model = load_model(spec, device)?;
-            segment_slices(image, spec, &model, device, tta)?
-        }
-        (ModelKind::Patch3d, None) => {
-            let model = load_model(spec, device)?;
-            patch3d(image, spec, &model, device, tta, None)?
-        }
-        (ModelKind::Patch3d, Some(low_name)) => {
-            let low_spec = registry.spec(Some(low_name))?;
-            let low_labels = {
-                let low_model = load_model(&low_spec, device)?;
-                patch3d(image, &low_spec, &low_model, device, tta, None)?
-            };
-            out.models_run
-                .push((low_name.clone(), low_spec.manifest.version.clone()));
-            out.notes.push(format!(
-                "cascade: the low-res model {low_name} (version {}) segmented first; {name} took its \
-                 labels as one-hot input",
-                low_spec.manifest.version
-            ));
-            let cascade = CascadeInput {
-                labels: &low_labels,
-                num_classes: low_spec.manifest.num_classes.unwrap_or(1),
-            };
-            let model = load_model(spec, device)?;
-            patch3d(image, spec, &model, device, tta, Some(cascade))?
-        }
-        (kind, _) => {
-            return Err(ModelError::NotSegmentation {
-                name: m.name.clone(),
-                kind: kind.clone(),
+impl Run<'_> {
+    /// A patch3d (possibly a cascade) or slice2d model, registered as `name`, on a knee taken for
+    /// `knee`: mirrored first (and its labels mirrored back) when the model knows only the other
+    /// side. Anything but those kinds is a MODEL_ERROR.
+    fn one(
+        &mut self,
+        name: &str,
+        spec: &ModelSpec,
+        image: &Volume<f32>,
+        knee: Option<Side>,
+    ) -> Result<Volume<u8>, SegmentVolumeError> {
+        match (spec.manifest.side, knee) {
+            (Some(trained), Some(knee)) if trained != knee => {
+                let axis = left_right_axis(image.geometry());
+                let mirrored = mirror(image, axis)?;
+                let labels = self.model(name, spec, &mirrored)?;
+                drop(mirrored);
+                self.record.notes.push(format!(
+                    "{name} knows only {trained} knees: the {knee} knee was mirrored left–right for it \
+                     (along voxel axis {}) and its labels mirrored back",
+                    ["i", "j", "k"][axis]
+                ));
+                Ok(mirror(&labels, axis)?)
             }
-            .into())
+            _ => self.model(name, spec, image),
         }
-    };
-    out.models_run.push((name.to_owned(), m.version.clone()));
-    Ok(labels)
+    }
+
+    /// Runs one patch3d (possibly a cascade) or slice2d model on `image` as it is.
+    fn model(
+        &mut self,
+        name: &str,
+        spec: &ModelSpec,
+        image: &Volume<f32>,
+    ) -> Result<Volume<u8>, SegmentVolumeError> {
+        let (device, tta, out) = (self.device, self.tta, &mut self.record);
+        let m = &spec.manifest;
+        let labels = match (&m.kind, &m.cascade) {
+            (ModelKind::Slice2d, _) => {
+                let model = load_model(spec, device)?;
+                segment_slices(image, spec, &model, device, tta)?
+            }
+            (ModelKind::Patch3d, None) => {
+                let model = load_model(spec, device)?;
+                patch3d(image, spec, &model, device, tta, None)?
+            }
+            (ModelKind::Patch3d, Some(low_name)) => {
+                let low_spec = self.registry.spec(Some(low_name))?;
+                let low_labels = {
+                    let low_model = load_model(&low_spec, device)?;
+                    patch3d(image, &low_spec, &low_model, device, tta, None)?
+                };
+                out.models_run
+                    .push((low_name.clone(), low_spec.manifest.version.clone()));
+                out.notes.push(format!(
+                    "cascade: the low-res model {low_name} (version {}) segmented first; {name} took its \
+                     labels as one-hot input",
+                    low_spec.manifest.version
+                ));
+                let cascade = CascadeInput {
+                    labels: &low_labels,
+                    num_classes: low_spec.manifest.num_classes.unwrap_or(1),
+                };
+                let model = load_model(spec, device)?;
+                patch3d(image, spec, &model, device, tta, Some(cascade))?
+            }
+            (kind, _) => {
+                return Err(ModelError::NotSegmentation {
+                    name: m.name.clone(),
+                    kind: kind.clone(),
+                }
+                .into())
+            }
+        };
+        out.models_run.push((name.to_owned(), m.version.clone()));
+        Ok(labels)
+    }
+
+    /// Runs the members one after another, each on the knee taken for `knee`, and fuses their
+    /// labels.
+    fn ensemble(
+        &mut self,
+        spec: &ModelSpec,
+        image: &Volume<f32>,
+        knee: Option<Side>,
+    ) -> Result<Volume<u8>, SegmentVolumeError> {
+        let m = &spec.manifest;
+        let (Some(classes), Some(fusion)) = (m.num_classes, m.fusion) else {
+            return Err(ModelError::KindNotAvailable {
+                name: m.name.clone(),
+                kind: m.kind.clone(),
+            }
+            .into());
+        };
+        let mut raters = Vec::with_capacity(m.members.len());
+        let mut trust = Vec::with_capacity(m.members.len());
+        let first = self.record.models_run.len();
+        for member in &m.members {
+            let member_spec = self.registry.spec(Some(member))?;
+            if member_spec.manifest.kind == ModelKind::Ensemble {
+                return Err(ModelError::Composition {
+                    name: m.name.clone(),
+                    reason: format!("member {member:?} is an ensemble itself"),
+                }
+                .into());
+            }
+            trust.push(member_trust(member, &member_spec, m));
+            let labels = self.one(member, &member_spec, image, knee)?;
+            raters.push(labels.into_data());
+        }
+        let views: Vec<&[u8]> = raters.iter().map(Vec::as_slice).collect();
+        let (labels, how) = match fusion {
+            Fusion::Majority => (
+                majority_vote(&views, classes, &trust)?,
+                "majority vote".to_owned(),
+            ),
+            Fusion::Staple => {
+                let s = staple(&views, classes, &trust, &StapleOptions::default())?;
+                let how = if s.converged {
+                    format!("STAPLE (converged after {} iterations)", s.iterations)
+                } else {
+                    format!(
+                        "STAPLE (stopped after {} iterations without converging)",
+                        s.iterations
+                    )
+                };
+                (s.labels, how)
+            }
+        };
+        drop(views);
+        drop(raters);
+        let members: Vec<String> = self.record.models_run[first..]
+            .iter()
+            .map(|(n, v)| format!("{n} (version {v})"))
+            .collect();
+        self.record.notes.push(format!(
+            "ensemble {}: {} fused by {how}",
+            m.name,
+            members.join(", ")
+        ));
+        Ok(Volume::from_vec(image.dims(), labels, *image.geometry())?)
+    }
 }
 
 /// Which labels a member of `ensemble` is trusted for (it abstains on the others): all but the
@@ -319,83 +388,6 @@ pub fn member_trust(member: &str, member_spec: &ModelSpec, ensemble: &Manifest) 
         (ModelKind::Slice2d, Some(plane)) => plane_trust(plane),
         _ => Trust::all(),
     }
-}
-
-/// Runs the members one after another, each on the knee taken for `knee`, and fuses their
-/// labels.
-fn segment_ensemble(
-    registry: &Registry,
-    spec: &ModelSpec,
-    image: &Volume<f32>,
-    device: Device,
-    tta: bool,
-    knee: Option<Side>,
-    out: &mut Record,
-) -> Result<Volume<u8>, SegmentVolumeError> {
-    let m = &spec.manifest;
-    let (Some(classes), Some(fusion)) = (m.num_classes, m.fusion) else {
-        return Err(ModelError::KindNotAvailable {
-            name: m.name.clone(),
-            kind: m.kind.clone(),
-        }
-        .into());
-    };
-    let mut raters = Vec::with_capacity(m.members.len());
-    let mut trust = Vec::with_capacity(m.members.len());
-    let first = out.models_run.len();
-    for member in &m.members {
-        let member_spec = registry.spec(Some(member))?;
-        if member_spec.manifest.kind == ModelKind::Ensemble {
-            return Err(ModelError::Composition {
-                name: m.name.clone(),
-                reason: format!("member {member:?} is an ensemble itself"),
-            }
-            .into());
-        }
-        trust.push(member_trust(member, &member_spec, m));
-        let labels = segment_one(
-            registry,
-            member,
-            &member_spec,
-            image,
-            device,
-            tta,
-            knee,
-            out,
-        )?;
-        raters.push(labels.into_data());
-    }
-    let views: Vec<&[u8]> = raters.iter().map(Vec::as_slice).collect();
-    let (labels, how) = match fusion {
-        Fusion::Majority => (
-            majority_vote(&views, classes, &trust)?,
-            "majority vote".to_owned(),
-        ),
-        Fusion::Staple => {
-            let s = staple(&views, classes, &trust, &StapleOptions::default())?;
-            let how = if s.converged {
-                format!("STAPLE (converged after {} iterations)", s.iterations)
-            } else {
-                format!(
-                    "STAPLE (stopped after {} iterations without converging)",
-                    s.iterations
-                )
-            };
-            (s.labels, how)
-        }
-    };
-    drop(views);
-    drop(raters);
-    let members: Vec<String> = out.models_run[first..]
-        .iter()
-        .map(|(n, v)| format!("{n} (version {v})"))
-        .collect();
-    out.notes.push(format!(
-        "ensemble {}: {} fused by {how}",
-        m.name,
-        members.join(", ")
-    ));
-    Ok(Volume::from_vec(image.dims(), labels, *image.geometry())?)
 }
 
 #[cfg(test)]
